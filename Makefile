@@ -1,0 +1,32 @@
+# craft-plugin: `make demo` and `make test` do all set-up themselves (see README).
+# The environment lives outside the clone: $CRAFT_VENV, else ~/.cache/craft-plugin/venv-<hash>.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+ENV_SCRIPT := scripts/craft-env.sh
+# Offline by design: nothing may reach the Hugging Face Hub at run time.
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help env demo test bench lock
+
+help:
+	@echo "make demo   run the embedded default (examples/custom_loop.py)"
+	@echo "make test   run the test suite"
+	@echo "make env    create/update the environment and print its path"
+	@echo "make bench  run benchmarks/hook_overhead.py"
+	@echo "make lock   re-resolve requirements.lock (needs uv)"
+
+env:
+	@$(ENV_SCRIPT) ensure
+
+demo:
+	@V="$$($(ENV_SCRIPT) ensure)" && "$$V/bin/python" examples/custom_loop.py
+
+test:
+	@V="$$($(ENV_SCRIPT) ensure)" && "$$V/bin/python" -m pytest $(PYTEST_ARGS)
+
+bench:
+	@V="$$($(ENV_SCRIPT) ensure)" && "$$V/bin/python" benchmarks/hook_overhead.py
+
+lock:
+	@$(ENV_SCRIPT) lock

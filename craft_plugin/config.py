@@ -1,0 +1,206 @@
+"""``CraftConfig``: every CRaFT setting, its default and its validation (SPEC.md §3–5).
+
+Defaults are the original CRaFT's where it had one (``initial_lambda=1.0``, ``lambda_lr=0.01``,
+``epsilon_start=1.0``, ``epsilon_end=0.1``, ``use_grad_projection=True``,
+``conflict_threshold=-0.1``, ``retention_freq=1``, ``anchor_batch_size=8``, layers ``-2,-1``,
+pooling ``mean_image_tokens,last_token``, hidden loss ``mse``).
+
+Design decision: ``CraftConfig`` is a *pydantic dataclass* (``pydantic.dataclasses.dataclass``)
+rather than a ``BaseModel``. It validates exactly like a model, exports a JSON schema, and
+LeRobot's CLI parser (draccus) can parse it directly as a nested block
+(``--policy.craft.epsilon_end=0.05``), so one class serves the Python API, config files and
+the ``lerobot-train`` command line.
+
+Load it from a dict, a JSON file or a YAML file::
+
+    CraftConfig.from_dict({"epsilon_end": 0.05})
+    CraftConfig.from_file("craft.yaml")
+
+Bad values raise :class:`CraftConfigError` (a ``ValueError``) whose message names the field,
+the value and what is allowed; unknown keys are rejected with a "did you mean" hint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass
+
+__all__ = ["CraftConfig", "CraftConfigError"]
+
+RetentionMode = Literal["hidden", "token_ce"]
+EpsilonScheduleKind = Literal["linear", "cosine", "exponential", "constant"]
+Granularity = Literal["global", "per_layer"]
+HiddenLoss = Literal["mse", "cosine", "l1"]
+Pooling = Literal["mean_image_tokens", "mean_masked", "last_token", "cls_token"]
+
+
+class CraftConfigError(ValueError):
+    """A CRaFT configuration that cannot be used; the message says which field and how to fix it."""
+
+
+@dataclass(config=ConfigDict(extra="forbid", validate_assignment=True))
+class CraftConfig:
+    """CRaFT settings. Every field has the original CRaFT's default where it had one."""
+
+    enabled: bool = Field(True, description="Turn CRaFT on. Off: plain fine-tuning (task gradient only).")
+    retention_mode: RetentionMode = Field(
+        "hidden",
+        description="hidden: anchor pooled hidden states to the teacher's cached ones (recommended). "
+        "token_ce: the policy's own loss on cached anchor samples (legacy).",
+    )
+    anchor_cache_dir: Path | None = Field(
+        None, description="Directory of the anchor cache built by `craft build-cache`."
+    )
+    anchor_batch_size: int = Field(8, ge=1, description="Anchors per retention step.")
+    retention_freq: int = Field(
+        1, ge=1, description="Compute the retention loss every this many steps; other steps use the task gradient only."
+    )
+    initial_lambda: float = Field(1.0, ge=0.0, description="Initial Lagrange multiplier λ (0 ≤ λ ≤ lambda_max).")
+    lambda_lr: float = Field(0.01, ge=0.0, description="Dual-ascent step size: λ ← clip(λ + lambda_lr·(L_ret − ε), 0, lambda_max).")
+    lambda_max: float = Field(10.0, gt=0.0, description="Upper clip of λ.")
+    epsilon_start: float = Field(1.0, ge=0.0, description="Retention budget ε at step 0.")
+    epsilon_end: float = Field(0.1, ge=0.0, description="Retention budget ε at the end of the anneal.")
+    epsilon_schedule: EpsilonScheduleKind = Field(
+        "linear",
+        description="How ε goes from epsilon_start to epsilon_end: linear (original), cosine, "
+        "exponential (geometric), or constant (epsilon_end from step 0).",
+    )
+    epsilon_decay_steps: int | None = Field(
+        None, ge=1, description="Steps over which ε is annealed; null: the run's total number of steps."
+    )
+    use_grad_projection: bool = Field(
+        True, description="PCGrad-style projection of the task gradient when it conflicts with the retention gradient."
+    )
+    conflict_threshold: float = Field(
+        -0.1, ge=-1.0, le=1.0, description="Conflict when cos(g_task, g_ret) < this value."
+    )
+    projection_granularity: Granularity = Field(
+        "global",
+        description="global: one dot/cos over all trainable parameters (original). "
+        "per_layer: per module's parameters (AEGIS-style), each projected on its own.",
+    )
+    hidden_loss: HiddenLoss = Field("mse", description="hidden mode: mse, cosine (1 − cos, in [0, 2]) or l1.")
+    layers: list[int] = Field(
+        default_factory=lambda: [-2, -1],
+        min_length=1,
+        description="Backbone layers whose hidden states are anchored; negative indices count from the last.",
+    )
+    pooling: list[Pooling] = Field(
+        default_factory=lambda: ["mean_image_tokens", "last_token"],
+        min_length=1,
+        description="Pooling strategies per layer, each giving one vector.",
+    )
+
+    @field_validator("layers", "pooling")
+    @classmethod
+    def _unique(cls, value: list[Any]) -> list[Any]:
+        dupes = sorted({str(v) for v in value if value.count(v) > 1})
+        if dupes:
+            raise ValueError(f"entries must be unique, repeated: {', '.join(dupes)}")
+        return value
+
+    @field_validator(
+        "initial_lambda", "lambda_lr", "lambda_max", "epsilon_start", "epsilon_end", "conflict_threshold"
+    )
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> CraftConfig:
+        if self.initial_lambda > self.lambda_max:
+            raise ValueError(
+                f"initial_lambda={self.initial_lambda} exceeds lambda_max={self.lambda_max}; "
+                "lower initial_lambda or raise lambda_max"
+            )
+        if self.epsilon_schedule == "exponential" and (self.epsilon_start <= 0 or self.epsilon_end <= 0):
+            raise ValueError(
+                f"epsilon_schedule='exponential' needs epsilon_start > 0 and epsilon_end > 0 "
+                f"(got {self.epsilon_start}, {self.epsilon_end}); use 'linear' or 'cosine' to reach 0"
+            )
+        return self
+
+    # ---------------------------------------------------------------- loading and export
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "CRaFT config") -> CraftConfig:
+        """Validate a plain dict (as read from JSON/YAML or a ``craft:`` block)."""
+        if not isinstance(data, dict):
+            raise CraftConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+        try:
+            return _ADAPTER.validate_python(data)
+        except ValidationError as err:
+            raise CraftConfigError(format_validation_error(err, source)) from err
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> CraftConfig:
+        """Load from ``.json``, ``.yaml`` or ``.yml``. A file whose top level has a single
+        ``craft`` key is read from that block."""
+        path = Path(path)
+        if not path.is_file():
+            raise CraftConfigError(f"CRaFT config file {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            try:
+                data = json.loads(text) if text.strip() else {}
+            except json.JSONDecodeError as err:
+                raise CraftConfigError(f"{path}: not valid JSON: {err}") from err
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            try:
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError as err:
+                raise CraftConfigError(f"{path}: not valid YAML: {err}") from err
+        else:
+            raise CraftConfigError(f"{path}: unsupported config format {suffix!r}; use .json, .yaml or .yml")
+        if isinstance(data, dict) and set(data) == {"craft"}:
+            data = data["craft"]
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (paths as strings) that :meth:`from_dict` reads back."""
+        return _ADAPTER.dump_python(self, mode="json")
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The JSON schema of the config (field types, defaults, bounds, descriptions)."""
+        return _ADAPTER.json_schema()
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+
+_ADAPTER: TypeAdapter[CraftConfig] = TypeAdapter(CraftConfig)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """Turn pydantic's errors into lines naming field, value and what is allowed."""
+    fields = CraftConfig.field_names()
+    lines = [f"{source}: invalid CRaFT configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(config)"
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            name = str(e["loc"][-1])
+            hint = difflib.get_close_matches(name, fields, n=1)
+            did = f" Did you mean {hint[0]!r}?" if hint else ""
+            lines.append(f"  - unknown field {name!r}.{did} Allowed fields: {', '.join(fields)}")
+            continue
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if "input" in e and e["loc"]:
+            lines.append(f"  - {loc}={e['input']!r}: {msg}")
+        else:
+            lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
