@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,7 +44,7 @@ class CraftConfigError(ValueError):
     """A CRaFT configuration that cannot be used; the message says which field and how to fix it."""
 
 
-@dataclass(config=ConfigDict(extra="forbid", validate_assignment=True))
+@dataclass(config=ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False))
 class CraftConfig:
     """CRaFT settings. Every field has the original CRaFT's default where it had one."""
 
@@ -104,15 +103,6 @@ class CraftConfig:
         dupes = sorted({str(v) for v in value if value.count(v) > 1})
         if dupes:
             raise ValueError(f"entries must be unique, repeated: {', '.join(dupes)}")
-        return value
-
-    @field_validator(
-        "initial_lambda", "lambda_lr", "lambda_max", "epsilon_start", "epsilon_end", "conflict_threshold"
-    )
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number")
         return value
 
     @model_validator(mode="after")
