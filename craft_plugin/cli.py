@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from craft_plugin import __version__
-from craft_plugin.config import CraftConfig, CraftConfigError
+from craft_plugin.config import CraftConfig, CraftConfigError, config_reference_markdown
 
 app = typer.Typer(
     name="craft",
@@ -40,8 +40,14 @@ def config_cmd(
         Path | None, typer.Argument(help="A CRaFT config (.json/.yaml) to validate; omit to print the defaults.")
     ] = None,
     schema: Annotated[bool, typer.Option("--schema", help="Print the JSON schema instead.")] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the configuration reference table (as in the README).")
+    ] = False,
 ) -> None:
     """Validate a CRaFT config file and print it resolved with defaults (or print the schema)."""
+    if markdown:
+        typer.echo(config_reference_markdown(), nl=False)
+        return
     if schema:
         typer.echo(json.dumps(CraftConfig.json_schema(), indent=2, ensure_ascii=False))
         return

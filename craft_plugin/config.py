@@ -174,6 +174,50 @@ class CraftConfig:
 _ADAPTER: TypeAdapter[CraftConfig] = TypeAdapter(CraftConfig)
 
 
+def config_reference_markdown() -> str:
+    """The configuration reference as a Markdown table, rendered from the JSON schema.
+
+    The README embeds this table between ``<!-- config-reference:start/end -->`` markers and a
+    test keeps the two identical (regenerate with ``craft config --markdown``).
+    """
+    schema = CraftConfig.json_schema()
+    defaults = CraftConfig().to_dict()
+    rows = ["| field | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for name, prop in schema["properties"].items():
+        rows.append(
+            f"| `{name}` | {_type_of(prop)} | `{json.dumps(defaults[name])}` | {_allowed(prop)} | "
+            f"{prop.get('description', '').replace('|', '/')} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _type_of(prop: dict[str, Any]) -> str:
+    if "anyOf" in prop:
+        return " or ".join(_type_of(p) for p in prop["anyOf"])
+    if prop.get("type") == "array":
+        return f"list[{_type_of(prop.get('items', {}))}]"
+    if "enum" in prop:
+        return "string"
+    return {"integer": "int", "number": "float", "boolean": "bool", "string": "string", "null": "null"}.get(
+        prop.get("type", ""), prop.get("format", "any")
+    )
+
+
+def _allowed(prop: dict[str, Any]) -> str:
+    items = prop.get("items", {})
+    enum = prop.get("enum") or items.get("enum")
+    if enum:
+        return ", ".join(f"`{e}`" for e in enum)
+    bounds = []
+    for p in [prop, *prop.get("anyOf", [])]:
+        for key, sym in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+            if key in p:
+                bounds.append(f"{sym} {p[key]}")
+        if "minItems" in p:
+            bounds.append(f">= {p['minItems']} item(s)")
+    return ", ".join(bounds) if bounds else ""
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     """Turn pydantic's errors into lines naming field, value and what is allowed."""
     fields = CraftConfig.field_names()

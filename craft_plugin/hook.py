@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from craft_plugin.config import CraftConfig
-from craft_plugin.core.conflict import combine, project_grouped
+from craft_plugin.core.conflict import conflict_stats, project_grouped
 from craft_plugin.core.dual import EpsilonSchedule, LagrangeMultiplier
 
 __all__ = ["CraftHook", "group_parameters_by_module"]
@@ -142,12 +142,18 @@ class CraftHook:
         l_ret_value = float(l_ret.detach())
         metrics.update(retention_step=1.0, L_ret=l_ret_value)
 
-        g_ret: tuple[Tensor | None, ...] | None = None
+        finite = False
         if math.isfinite(l_ret_value):
             g_ret = torch.autograd.grad(l_ret, self.params, allow_unused=True)
-            if not _all_finite(g_ret):
-                g_ret = None
-        if g_ret is None:
+            # Parameters with no gradient from either loss keep .grad untouched (as backward would).
+            idx = [i for i in range(len(self.params)) if g_task[i] is not None or g_ret[i] is not None]
+            gt = [g_task[i] if g_task[i] is not None else torch.zeros_like(self.params[i]) for i in idx]
+            gr = [g_ret[i] if g_ret[i] is not None else torch.zeros_like(self.params[i]) for i in idx]
+            del g_ret
+            stats = conflict_stats(gt, gr)
+            # A NaN/inf anywhere in g_ret makes |g_ret|² non-finite: one check, no extra pass.
+            finite = math.isfinite(float(stats.ret_sq_norm))
+        if not finite:
             # NaN/inf guard: weights get the task gradient only; λ is left untouched.
             logger.warning(
                 "CRaFT step %d: non-finite retention loss or gradient (L_ret=%s); "
@@ -161,22 +167,25 @@ class CraftHook:
             self.step_count += 1
             return metrics
 
-        # Parameters with no gradient from either loss keep .grad untouched (as backward would).
-        idx = [i for i in range(len(self.params)) if g_task[i] is not None or g_ret[i] is not None]
-        gt = [g_task[i] if g_task[i] is not None else torch.zeros_like(self.params[i]) for i in idx]
-        gr = [g_ret[i] if g_ret[i] is not None else torch.zeros_like(self.params[i]) for i in idx]
-        del g_task, g_ret
+        del g_task
         groups = self.groups
         if groups is not None and len(idx) != len(self.params):
             remap = {old: new for new, old in enumerate(idx)}
             groups = [[remap[i] for i in g if i in remap] for g in groups]
 
+        # Projection and g = g_task + λ·g_ret, fused into one in-place pass per tensor.
         proj = project_grouped(
-            gt, gr, groups, threshold=cfg.conflict_threshold, enabled=cfg.use_grad_projection, inplace=True
+            gt,
+            gr,
+            groups,
+            threshold=cfg.conflict_threshold,
+            enabled=cfg.use_grad_projection,
+            inplace=True,
+            combine_lambda=self.lam,
+            stats=stats,
         )
-        combined = combine(proj.grads, gr, self.lam, inplace=True)
         del gr
-        self._write_grads(combined, idx)
+        self._write_grads(proj.grads, idx)
         new_lam = self.multiplier.step(l_ret_value, eps_t)
         metrics.update(
             {
@@ -250,7 +259,3 @@ class CraftHook:
             raise ValueError(f"total_steps must be >= 1, got {steps}")
         return EpsilonSchedule(config.epsilon_start, config.epsilon_end, int(steps), config.epsilon_schedule)
 
-
-def _all_finite(grads: Iterable[Tensor | None]) -> bool:
-    flags = [torch.isfinite(g).all() for g in grads if g is not None]
-    return bool(torch.stack(flags).all()) if flags else True

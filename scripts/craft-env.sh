@@ -101,7 +101,7 @@ ensure() {
     fi
     # The environment is shared between clones: make sure `craft_plugin` resolves to this one.
     local here
-    here="$("$venv/bin/python" -c 'import craft_plugin, os; print(os.path.dirname(os.path.dirname(os.path.abspath(craft_plugin.__file__))))' 2>/dev/null || true)"
+    here="$("$venv/bin/python" -I -c 'import importlib.util as u, os; s = u.find_spec("craft_plugin"); print(os.path.dirname(os.path.dirname(os.path.abspath(s.origin))) if s else "")' 2>/dev/null || true)"
     if [[ "$here" != "$ROOT" ]]; then
         log "pointing the editable craft-plugin install at $ROOT"
         "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" --no-deps -e "$ROOT" >&2

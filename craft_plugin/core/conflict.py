@@ -156,6 +156,8 @@ def project_grouped(
     threshold: float,
     enabled: bool = True,
     inplace: bool = False,
+    combine_lambda: float | None = None,
+    stats: ConflictStats | None = None,
 ) -> ProjectionResult:
     """Conflict test and PCGrad projection per group of parameter tensors.
 
@@ -163,9 +165,15 @@ def project_grouped(
     ``None`` means one group with every tensor (``global`` granularity). Each group with
     ``cos_g < threshold`` (and both norms non-zero) has its task gradient projected when
     ``enabled``; the others are left as they are.
+
+    With ``combine_lambda=λ`` the returned gradients are already the combined
+    ``g = proj(g_t) + λ·g_r``, computed in one fused pass per tensor as
+    ``g_t + (λ − dot_g/|g_r,g|²)·g_r`` (the coefficient is just ``λ`` for unprojected groups).
+    ``stats`` may pass in :func:`conflict_stats` of the same gradients to avoid recomputing them.
     """
     _check_pair(g_task, g_ret)
-    stats = conflict_stats(g_task, g_ret)
+    if stats is None:
+        stats = conflict_stats(g_task, g_ret)
     out = list(g_task) if inplace else [t.clone() for t in g_task]
     is_global = groups is None
     groups = [list(range(len(g_task)))] if groups is None else [list(g) for g in groups if len(g) > 0]
@@ -183,15 +191,18 @@ def project_grouped(
     removed = 0.0
     n_projected = 0
     any_conflict = False
+    lam = 0.0 if combine_lambda is None else float(combine_lambda)
     for idx, (dot, nt, nr) in zip(groups, table.tolist(), strict=True):
-        if nt <= _TINY or nr <= _TINY or dot / (nt**0.5 * nr**0.5) >= threshold:
-            continue
-        any_conflict = True
-        if not enabled:
-            continue
-        project_conflicting([out[i] for i in idx], [g_ret[i] for i in idx], dot, nr, inplace=True)
-        n_projected += 1
-        removed += dot**2 / nr
+        coef = 0.0  # the PCGrad coefficient dot_g / |g_r,g|² if this group is projected
+        if nt > _TINY and nr > _TINY and dot / (nt**0.5 * nr**0.5) < threshold:
+            any_conflict = True
+            if enabled:
+                coef = dot / nr
+                n_projected += 1
+                removed += dot**2 / nr
+        if lam - coef != 0.0:
+            for i in idx:
+                out[i].add_(g_ret[i].to(out[i].dtype), alpha=lam - coef)
     n_groups = len(groups)
     return ProjectionResult(
         grads=out,

@@ -172,3 +172,16 @@ def test_property_no_projection_when_cos_at_or_above_threshold(a, b, threshold):
     if float(s.cos) >= threshold:
         assert r.projected_frac == 0.0 and not r.conflict
         assert torch.equal(r.grads[0], g_t[0])
+
+
+def test_fused_projection_and_combination_by_hand():
+    g_t, g_r = _pair()
+    # project: ([0.5, 0.5], [2]); combine with λ = 2: + 2·([-1, 1], [0]) = ([-1.5, 2.5], [2])
+    r = project_grouped(g_t, g_r, None, threshold=-0.1, combine_lambda=2.0)
+    assert r.grads[0].tolist() == [-1.5, 2.5] and r.grads[1].tolist() == [2.0]
+    separate = combine(project_conflicting(g_t, g_r, -1.0, 2.0), g_r, 2.0)
+    for a, b in zip(r.grads, separate, strict=True):
+        assert torch.equal(a, b)
+    # no conflict: just g_t + λ·g_r
+    r = project_grouped(g_t, g_r, None, threshold=-0.5, combine_lambda=2.0)
+    assert r.grads[0].tolist() == [-1.0, 2.0]
