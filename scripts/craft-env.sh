@@ -8,7 +8,7 @@
 #
 # Where the environment lives:
 #   $CRAFT_VENV if set, else ${XDG_CACHE_HOME:-~/.cache}/craft-plugin/venv-<hash>, where
-#   <hash> is a hash of pyproject.toml and requirements.lock: a second clone, CI, and later
+#   <hash> is a hash of pyproject.toml, requirements.lock and ENV_FORMAT below: a second clone, CI, and later
 #   sessions reuse it, and changing the dependencies makes a new one.
 # Which Python:
 #   $CRAFT_PYTHON if set, else `python3.12` on PATH (if it actually runs), else pyenv's 3.12.x,
@@ -19,11 +19,13 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LOCK="$ROOT/requirements.lock"
+# Bump when the way the environment is built changes (it is part of the environment's hash).
+ENV_FORMAT=2
 
 log() { printf '[craft-env] %s\n' "$*" >&2; }
 
 env_hash() {
-    cat "$ROOT/pyproject.toml" "$LOCK" 2>/dev/null | sha256sum | cut -c1-12
+    { echo "format=$ENV_FORMAT"; cat "$ROOT/pyproject.toml" "$LOCK" 2>/dev/null; } | sha256sum | cut -c1-12
 }
 
 venv_path() {
@@ -90,10 +92,11 @@ ensure() {
         fi
         if [[ -f "$LOCK" ]]; then
             log "installing locked dependencies from requirements.lock (cold: a few minutes; torch is large)"
-            "$venv/bin/uv" pip sync --python "$venv/bin/python" "$LOCK" >&2
+            # --compile-bytecode: every later `import torch` skips recompiling thousands of files.
+            "$venv/bin/uv" pip sync --compile-bytecode --python "$venv/bin/python" "$LOCK" >&2
         else
             log "no requirements.lock: resolving from pyproject.toml"
-            "$venv/bin/uv" pip install --python "$venv/bin/python" -e "$ROOT[test]" >&2
+            "$venv/bin/uv" pip install --compile-bytecode --python "$venv/bin/python" -e "$ROOT[test]" >&2
         fi
         "$venv/bin/uv" pip install --python "$venv/bin/python" --no-deps -e "$ROOT" >&2
         printf '%s\n' "$want" >"$stamp"
