@@ -21,8 +21,16 @@ On off steps only the task gradient is taken (``retention_fn`` is not called). A
 ``L_ret`` or ``g_ret`` never reaches the weights or λ: that step falls back to the task
 gradient and reports ``nonfinite=1``. Gradient clipping and the optimizer stay the caller's.
 
+``retention_fn`` must run its own forward pass (e.g. on an anchor batch): the task graph is
+freed when ``g_task`` is taken, so reusing activations of the task forward fails with
+"backward through the graph a second time".
+
 Memory: gradients are kept per parameter tensor and projected/combined in place, so a
 retention step holds two gradient copies (task, retention) where plain training holds one.
+
+Stability: the combined gradient carries ``λ·g_ret`` with λ up to ``lambda_max``; keep
+``lambda_max × learning rate`` in the range your optimizer tolerates (the NaN guard covers a
+non-finite ``L_ret``/``g_ret``, not weights driven unstable by a large λ).
 
 ``state_dict()`` / ``load_state_dict()`` hold λ, the step counter and the ε schedule, so a
 resumed run continues exactly.
