@@ -138,11 +138,13 @@ def _peak_rss() -> int:
 
 
 def peak_memory(args: argparse.Namespace, n_param_bytes: int) -> dict:
-    out = {}
-    for variant in ("baseline", "craft"):
-        cmd = [sys.executable, __file__, "--child", variant, *sys.argv[1:]]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        out[variant] = json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"]
+    runs: dict[str, list[int]] = {"baseline": [], "craft": []}
+    for _ in range(args.mem_repeats):  # alternate the variants; report medians
+        for variant in ("baseline", "craft"):
+            cmd = [sys.executable, __file__, "--child", variant, *sys.argv[1:]]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            runs[variant].append(json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"])
+    out = {k: statistics.median(v) for k, v in runs.items()}
     extra = out["craft"] - out["baseline"]
     return {
         "baseline_peak_mib": out["baseline"] / 2**20,
@@ -160,12 +162,13 @@ def main() -> None:
     p.add_argument("--d-out", type=int, default=512)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--anchor-batch", type=int, default=256)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--granularity", choices=["global", "per_layer"], default="global")
     p.add_argument("--threshold", type=float, default=1.0, help="conflict threshold (1.0: project every step)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--mem-repeats", type=int, default=3, help="subprocess pairs for the memory medians")
     p.add_argument("--child", choices=["baseline", "craft"], help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -187,7 +190,7 @@ def main() -> None:
     print(f"bare minimum step: {t['baseline_ms']:.1f} ms | CraftHook step: {t['craft_ms']:.1f} ms (medians of {args.steps})")
     print(f"time ratio CraftHook / bare minimum: {t['ratio_median']:.3f} (goal <= 1.10)")
     print(
-        f"peak memory: bare {m['baseline_peak_mib']:.0f} MiB, CraftHook {m['craft_peak_mib']:.0f} MiB, "
+        f"peak memory (median of {args.mem_repeats}): bare {m['baseline_peak_mib']:.0f} MiB, CraftHook {m['craft_peak_mib']:.0f} MiB, "
         f"extra {m['extra_mib']:.0f} MiB = {m['extra_in_param_copies']:.2f}x one copy of the parameters (goal <= 1.2)"
     )
 
