@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from craft_plugin.config import CraftConfig
-from craft_plugin.core.conflict import conflict_stats, project_grouped
+from craft_plugin.core.conflict import per_tensor_stats, project_grouped
 from craft_plugin.core.dual import EpsilonSchedule, LagrangeMultiplier
 
 __all__ = ["CraftHook", "group_parameters_by_module"]
@@ -158,9 +158,9 @@ class CraftHook:
             gt = [g_task[i] if g_task[i] is not None else torch.zeros_like(self.params[i]) for i in idx]
             gr = [g_ret[i] if g_ret[i] is not None else torch.zeros_like(self.params[i]) for i in idx]
             del g_ret
-            stats = conflict_stats(gt, gr)
+            table = per_tensor_stats(gt, gr)  # every dot product of the step, one read of each gradient
             # A NaN/inf anywhere in g_ret makes |g_ret|² non-finite: one check, no extra pass.
-            finite = math.isfinite(float(stats.ret_sq_norm))
+            finite = math.isfinite(float(table[:, 2].sum()))
         if not finite:
             # NaN/inf guard: weights get the task gradient only; λ is left untouched.
             logger.warning(
@@ -190,7 +190,7 @@ class CraftHook:
             enabled=cfg.use_grad_projection,
             inplace=True,
             combine_lambda=self.lam,
-            stats=stats,
+            table=table,
         )
         del gr
         self._write_grads(proj.grads, idx)

@@ -11,6 +11,7 @@ from craft_plugin.core.conflict import (
     conflict_stats,
     grad_dot,
     grad_sq_norm,
+    per_tensor_stats,
     project_conflicting,
     project_grouped,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "last_token",
     "mean_image_tokens",
     "mean_masked",
+    "per_tensor_stats",
     "pool",
     "project_conflicting",
     "project_grouped",

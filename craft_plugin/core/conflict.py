@@ -35,6 +35,7 @@ __all__ = [
     "conflict_stats",
     "grad_dot",
     "grad_sq_norm",
+    "per_tensor_stats",
     "project_conflicting",
     "project_grouped",
 ]
@@ -87,11 +88,31 @@ class ConflictStats:
         return float(self.cos) < threshold
 
 
-def conflict_stats(g_task: Grads, g_ret: Grads) -> ConflictStats:
-    """``dot = g_t·g_r`` and ``cos = dot / (|g_t||g_r|)`` (``cos = 0`` if a norm is zero)."""
-    dot = grad_dot(g_task, g_ret)
-    nt = grad_sq_norm(g_task)
-    nr = grad_sq_norm(g_ret)
+def per_tensor_stats(g_task: Grads, g_ret: Grads) -> Tensor:
+    """A ``[n_tensors, 3]`` table of ``(g_t,i·g_r,i, |g_t,i|², |g_r,i|²)``, one row per tensor.
+
+    Every dot product a step needs is in this table: the global statistics are its column
+    sums and a group's are the sums over the group's rows, so each gradient is read once.
+    """
+    _check_pair(g_task, g_ret)
+    if len(g_task) == 0:
+        return torch.zeros((0, 3), dtype=torch.float32)
+    rows = []
+    for x, y in zip(g_task, g_ret, strict=True):
+        xa = _acc(x)
+        ya = _acc(y).to(xa.dtype)
+        rows.append(torch.stack([torch.dot(xa, ya), torch.dot(xa, xa), torch.dot(ya, ya)]))
+    return torch.stack(rows)
+
+
+def conflict_stats(g_task: Grads, g_ret: Grads, *, table: Tensor | None = None) -> ConflictStats:
+    """``dot = g_t·g_r`` and ``cos = dot / (|g_t||g_r|)`` (``cos = 0`` if a norm is zero).
+
+    ``table`` may pass in :func:`per_tensor_stats` of the same gradients.
+    """
+    if table is None:
+        table = per_tensor_stats(g_task, g_ret)
+    dot, nt, nr = table.sum(dim=0)
     denom = torch.sqrt(nt) * torch.sqrt(nr)
     cos = torch.where(denom > 0, dot / denom.clamp_min(_TINY), torch.zeros_like(dot))
     return ConflictStats(dot=dot, cos=cos, task_sq_norm=nt, ret_sq_norm=nr)
@@ -157,7 +178,7 @@ def project_grouped(
     enabled: bool = True,
     inplace: bool = False,
     combine_lambda: float | None = None,
-    stats: ConflictStats | None = None,
+    table: Tensor | None = None,
 ) -> ProjectionResult:
     """Conflict test and PCGrad projection per group of parameter tensors.
 
@@ -169,30 +190,27 @@ def project_grouped(
     With ``combine_lambda=λ`` the returned gradients are already the combined
     ``g = proj(g_t) + λ·g_r``, computed in one fused pass per tensor as
     ``g_t + (λ − dot_g/|g_r,g|²)·g_r`` (the coefficient is just ``λ`` for unprojected groups).
-    ``stats`` may pass in :func:`conflict_stats` of the same gradients to avoid recomputing them.
+    ``table`` may pass in :func:`per_tensor_stats` of the same gradients (else it is computed):
+    every gradient is read once for all the statistics, whatever the granularity.
     """
     _check_pair(g_task, g_ret)
-    if stats is None:
-        stats = conflict_stats(g_task, g_ret)
+    if table is None:
+        table = per_tensor_stats(g_task, g_ret)
+    stats = conflict_stats(g_task, g_ret, table=table)
     out = list(g_task) if inplace else [t.clone() for t in g_task]
     is_global = groups is None
     groups = [list(range(len(g_task)))] if groups is None else [list(g) for g in groups if len(g) > 0]
-    # One host sync for all groups: stack every group's (dot, |g_t|², |g_r|²), then read once.
+    # Group statistics are sums of the per-tensor rows; one host sync reads them all.
     if is_global:
-        table = torch.stack([stats.dot, stats.task_sq_norm, stats.ret_sq_norm]).reshape(1, 3)
+        group_table = table.sum(dim=0, keepdim=True)
     else:
-        rows = []
-        for idx in groups:
-            gt = [g_task[i] for i in idx]
-            gr = [g_ret[i] for i in idx]
-            rows.append(torch.stack([grad_dot(gt, gr), grad_sq_norm(gt), grad_sq_norm(gr)]))
-        table = torch.stack(rows) if rows else torch.zeros((0, 3))
+        group_table = torch.stack([table[idx].sum(dim=0) for idx in groups]) if groups else table.new_zeros((0, 3))
     total_sq = float(stats.task_sq_norm)
     removed = 0.0
     n_projected = 0
     any_conflict = False
     lam = 0.0 if combine_lambda is None else float(combine_lambda)
-    for idx, (dot, nt, nr) in zip(groups, table.tolist(), strict=True):
+    for idx, (dot, nt, nr) in zip(groups, group_table.tolist(), strict=True):
         coef = 0.0  # the PCGrad coefficient dot_g / |g_r,g|² if this group is projected
         if nt > _TINY and nr > _TINY and dot / (nt**0.5 * nr**0.5) < threshold:
             any_conflict = True

@@ -14,6 +14,7 @@ from craft_plugin.core.conflict import (
     conflict_stats,
     grad_dot,
     grad_sq_norm,
+    per_tensor_stats,
     project_conflicting,
     project_grouped,
 )
@@ -34,6 +35,12 @@ def test_dot_and_norm_by_hand():
     assert float(grad_dot(g_t, g_r)) == -1.0
     assert float(grad_sq_norm(g_t)) == 5.0
     assert float(grad_sq_norm(g_r)) == 2.0
+
+
+def test_per_tensor_stats_by_hand():
+    g_t, g_r = _pair()
+    # tensor 0: [1,0]·[-1,1] = -1, |.|² = 1, 2; tensor 1: [2]·[0] = 0, |.|² = 4, 0
+    assert per_tensor_stats(g_t, g_r).tolist() == [[-1.0, 1.0, 2.0], [0.0, 4.0, 0.0]]
 
 
 def test_conflict_stats_by_hand():
