@@ -1,0 +1,1 @@
+"""Builders of tiny LeRobot policies and datasets (random weights, local files, no Hub)."""
