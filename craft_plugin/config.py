@@ -37,6 +37,7 @@ RetentionMode = Literal["hidden", "token_ce"]
 EpsilonScheduleKind = Literal["linear", "cosine", "exponential", "constant"]
 Granularity = Literal["global", "per_layer"]
 HiddenLoss = Literal["mse", "cosine", "l1"]
+FeatureNorm = Literal["standardize", "none"]
 Pooling = Literal["mean_image_tokens", "mean_masked", "last_token", "cls_token"]
 
 
@@ -86,6 +87,12 @@ class CraftConfig:
         "per_layer: per module's parameters (AEGIS-style), each projected on its own.",
     )
     hidden_loss: HiddenLoss = Field("mse", description="hidden mode: mse, cosine (1 − cos, in [0, 2]) or l1.")
+    feature_norm: FeatureNorm = Field(
+        "standardize",
+        description="hidden mode: standardize student and teacher features by the teacher's per-dimension "
+        "mean/std (kept in the cache) before the loss, so an ε budget means the same for every model "
+        "(MSE 1.0 = one teacher standard deviation); none: raw features.",
+    )
     layers: list[int] = Field(
         default_factory=lambda: [-2, -1],
         min_length=1,
