@@ -59,5 +59,121 @@ def config_cmd(
     typer.echo(json.dumps(cfg.to_dict(), indent=2))
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers (e.g. -2,-1)", param_hint=option)
+
+
+@app.command("build-cache")
+def build_cache_cmd(
+    policy_path: Annotated[str, typer.Option("--policy.path", help="Teacher: a LeRobot pretrained_model folder or hub id.")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="Cache directory to create (or resume).")],
+    dataset_repo_id: Annotated[
+        str | None, typer.Option("--dataset.repo_id", help="Dataset repo id (with --dataset.root: a local copy).")
+    ] = None,
+    dataset_root: Annotated[Path | None, typer.Option("--dataset.root", help="Local dataset folder.")] = None,
+    num_anchors: Annotated[int, typer.Option("--num-anchors", min=1, help="Anchor frames to cache.")] = 1000,
+    layers: Annotated[str, typer.Option("--layers", help="Comma-separated layers; negative count from the last.")] = "-2,-1",
+    pooling: Annotated[
+        str | None,
+        typer.Option(
+            "--pooling",
+            help="Comma-separated pooling strategies (mean_image_tokens, mean_masked, last_token, cls_token). "
+            "Default per family: VLAs mean_image_tokens,last_token; act/diffusion see the docs.",
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Teacher forward batch size.")] = 8,
+    num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="DataLoader workers.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the anchor sampling.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps ...")] = "cpu",
+    dtype: Annotated[str, typer.Option("--dtype", help="Teacher pass dtype: float32, bfloat16, float16.")] = "float32",
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Anchors per shard file.")] = 256,
+    no_inputs: Annotated[
+        bool, typer.Option("--no-inputs", help="Store dataset indices only, not the student inputs.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a cache built with other arguments.")] = False,
+) -> None:
+    """Run the teacher once over anchor frames and cache its pooled hidden states (and inputs).
+
+    Rerunning the same command resumes an interrupted build; on a finished cache it does nothing.
+    """
+    from craft_plugin.cache.builder import BuildOptions, build_cache
+    from craft_plugin.cache.manifest import CacheError
+
+    from_pool = [p for p in pooling.replace(" ", "").split(",") if p] if pooling else None
+    opts = BuildOptions(
+        policy_path=policy_path,
+        output_dir=str(output_dir),
+        dataset_repo_id=dataset_repo_id,
+        dataset_root=str(dataset_root) if dataset_root else None,
+        num_anchors=num_anchors,
+        layers=_int_list(layers, "--layers"),
+        pooling=from_pool,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        shard_size=shard_size,
+        store_inputs=not no_inputs,
+        overwrite=overwrite,
+    )
+    try:
+        summary = build_cache(opts)
+    except (CacheError, ValueError, FileNotFoundError) as err:
+        typer.echo(f"craft build-cache: {err}", err=True)
+        raise typer.Exit(code=2) from err
+    if summary.state == "complete-already":
+        typer.echo(f"{summary.directory} is already complete ({summary.anchors} anchors); nothing to do.")
+        return
+    typer.echo(
+        f"{summary.state}: {summary.directory}\n"
+        f"  anchors {summary.anchors} | shards {summary.shards} | {summary.bytes / 2**20:.2f} MiB "
+        f"({summary.bytes_per_anchor / 1024:.1f} KiB per anchor) | features {summary.feature_shape} | "
+        f"{summary.seconds:.1f} s"
+    )
+
+
+@app.command("cache-info")
+def cache_info_cmd(
+    directory: Annotated[Path, typer.Argument(help="An anchor cache directory.")],
+) -> None:
+    """Print an anchor cache's manifest and verify every shard's sha256 (exit 1 on any problem)."""
+    from craft_plugin.cache.manifest import CacheError, load_manifest
+    from craft_plugin.cache.shards import file_sha256
+
+    try:
+        m = load_manifest(directory)
+    except CacheError as err:
+        typer.echo(f"craft cache-info: {err}", err=True)
+        raise typer.Exit(code=1) from err
+    typer.echo(f"anchor cache {directory} (schema {m.schema_version}, {'complete' if m.complete else 'PARTIAL'})")
+    typer.echo(f"  created {m.created_at}, updated {m.updated_at}; " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
+    typer.echo(f"  teacher   {m.teacher.path} ({m.teacher.policy_type}); config {m.teacher.config_sha256[:12]}, weights {m.teacher.weights_sha256[:12]}")
+    typer.echo(f"  dataset   {m.dataset.repo_id or ''} {m.dataset.root or ''}; {m.dataset.num_frames} frames, seed {m.dataset.seed}, info {m.dataset.info_sha256[:12]}")
+    typer.echo(f"  anchors   {m.rows_done}/{m.num_anchors} in {len(m.shards)} shard(s) of up to {m.shard_size}")
+    typer.echo(f"  layers    {m.layers} (requested {m.layers_requested}, of {m.num_layers_total}); pooling {m.pooling}")
+    typer.echo(f"  features  {m.feature_shape} {m.dtype}; modes {m.retention_modes}; inputs stored: {m.stores_inputs}")
+    problems = 0
+    total = 0
+    for info in m.shards:
+        path = Path(directory) / info.file
+        if not path.is_file():
+            typer.echo(f"  MISSING   {info.file}")
+            problems += 1
+            continue
+        total += path.stat().st_size
+        ok = file_sha256(path) == info.sha256
+        problems += 0 if ok else 1
+        typer.echo(f"  {'ok' if ok else 'CORRUPT':<9} {info.file}  {info.rows} rows  {path.stat().st_size / 2**20:.2f} MiB")
+    typer.echo(f"  size      {total / 2**20:.2f} MiB ({total / max(m.rows_done, 1) / 1024:.1f} KiB per anchor)")
+    if not m.complete:
+        typer.echo("  the build is not finished: rerun the same `craft build-cache` command to resume it")
+    if problems or not m.complete:
+        raise typer.Exit(code=1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,47 @@
+"""Tiny LeRobot datasets written locally with `LeRobotDataset.create` (no Hub), and saved
+tiny policy checkpoints (`pretrained_model` folders) for the cache builder and CLI tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from support.tiny_classic import ACTION_DIM, CAMERA, IMAGE_SHAPE, STATE_DIM
+
+
+def make_dataset(root: Path, *, episodes: int = 2, frames: int = 12, fps: int = 10, use_videos: bool = False, seed: int = 0) -> Any:
+    """A dataset with one camera (`observation.images.top`, 64x64), a 4-d state and a 4-d action."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    c, h, w = IMAGE_SHAPE
+    features = {
+        CAMERA: {"dtype": "video" if use_videos else "image", "shape": (h, w, c), "names": ["height", "width", "channels"]},
+        "observation.state": {"dtype": "float32", "shape": (STATE_DIM,), "names": None},
+        "action": {"dtype": "float32", "shape": (ACTION_DIM,), "names": None},
+    }
+    ds = LeRobotDataset.create(repo_id="local/tiny", fps=fps, features=features, root=root, use_videos=use_videos)
+    rng = np.random.default_rng(seed)
+    for e in range(episodes):
+        for _ in range(frames):
+            ds.add_frame(
+                {
+                    CAMERA: rng.integers(0, 256, size=(h, w, c), dtype=np.uint8),
+                    "observation.state": rng.standard_normal(STATE_DIM).astype(np.float32),
+                    "action": rng.uniform(-1, 1, ACTION_DIM).astype(np.float32),
+                    "task": f"task {e % 2}",
+                }
+            )
+        ds.save_episode()
+    ds.finalize()
+    return ds
+
+
+def save_policy(policy: Any, preprocessor: Any, postprocessor: Any, directory: Path) -> Path:
+    """Write a LeRobot `pretrained_model`-style folder (config, weights, processors)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    policy.save_pretrained(directory)
+    preprocessor.save_pretrained(directory)
+    postprocessor.save_pretrained(directory)
+    return directory
