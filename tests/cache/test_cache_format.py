@@ -14,46 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from craft_plugin.cache import AnchorCache, CacheError, CacheWriter, DatasetInfo, Manifest, TeacherInfo
-from craft_plugin.cache.manifest import SCHEMA_VERSION, load_manifest, utc_now
+from craft_plugin.cache import AnchorCache, CacheError, CacheWriter, Manifest
+from craft_plugin.cache.manifest import SCHEMA_VERSION, load_manifest
 from craft_plugin.cache.shards import ShardReader, file_sha256, write_shard
+from support.synthetic_cache import SHAPE, make_manifest, make_rows
 
-N, SHARD, SHAPE = 10, 4, [2, 2, 3]
-
-
-def _manifest(num_anchors: int = N, seed: int = 0, layers=(4, 5)) -> Manifest:
-    return Manifest(
-        created_at=utc_now(),
-        updated_at=utc_now(),
-        versions={"craft_plugin": "test", "lerobot": "test", "torch": torch.__version__},
-        teacher=TeacherInfo(path="/teacher", policy_type="act", config_sha256="c" * 64, weights_sha256="w" * 64),
-        dataset=DatasetInfo(
-            repo_id="local/x", root="/data", info_sha256="i" * 64, num_frames=100,
-            anchor_indices=list(range(0, 2 * num_anchors, 2)), seed=seed,
-        ),
-        layers=list(layers),
-        layers_requested=[-2, -1],
-        num_layers_total=6,
-        pooling=["mean_image_tokens", "cls_token"],
-        feature_shape=SHAPE,
-        dtype="float32",
-        retention_modes=["hidden", "token_ce"],
-        stores_inputs=True,
-        input_keys={"observation.image": {"dtype": "uint8", "shape": [3, 2, 2]}, "action": {"dtype": "float32", "shape": [4]}},
-        num_anchors=num_anchors,
-        shard_size=SHARD,
-    )
-
-
-def _rows(rows: list[int]) -> dict[str, torch.Tensor]:
-    """Deterministic content for anchor rows (what a teacher would compute)."""
-    r = torch.tensor(rows, dtype=torch.float32)
-    return {
-        "features": r.reshape(-1, 1, 1, 1) + torch.arange(12, dtype=torch.float32).reshape(1, *SHAPE) / 10,
-        "index": torch.tensor(rows, dtype=torch.int64) * 2,
-        "input.observation.image": (r.reshape(-1, 1, 1, 1) + torch.zeros(1, 3, 2, 2)).to(torch.uint8),
-        "input.action": r.reshape(-1, 1).repeat(1, 4),
-    }
+N, SHARD = 10, 4
+_manifest, _rows = make_manifest, make_rows
 
 
 def _build(directory: Path, manifest: Manifest | None = None, overwrite: bool = False) -> CacheWriter:
@@ -186,7 +153,7 @@ _KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, time
     sys.path.insert(0, {tests!r})
-    from cache.test_cache_format import _manifest, _rows
+    from support.synthetic_cache import make_manifest as _manifest, make_rows as _rows
     from craft_plugin.cache import CacheWriter
     w = CacheWriter({out!r}, _manifest(num_anchors=30))
     for k, rows in w.pending():
