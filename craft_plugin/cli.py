@@ -168,7 +168,8 @@ def cache_info_cmd(
         ok = file_sha256(path) == info.sha256
         problems += 0 if ok else 1
         typer.echo(f"  {'ok' if ok else 'CORRUPT':<9} {info.file}  {info.rows} rows  {path.stat().st_size / 2**20:.2f} MiB")
-    typer.echo(f"  size      {total / 2**20:.2f} MiB ({total / max(m.rows_done, 1) / 1024:.1f} KiB per anchor)")
+    total += (Path(directory) / "manifest.json").stat().st_size
+    typer.echo(f"  size      {total / 2**20:.2f} MiB with the manifest ({total / max(m.rows_done, 1) / 1024:.1f} KiB per anchor)")
     if not m.complete:
         typer.echo("  the build is not finished: rerun the same `craft build-cache` command to resume it")
     if problems or not m.complete:
