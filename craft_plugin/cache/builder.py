@@ -145,7 +145,17 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
     preprocessor, _ = make_pre_post_processors(cfg, pretrained_path=str(policy_dir))
 
     repo_id = opts.dataset_repo_id or f"local/{Path(opts.dataset_root or 'dataset').name}"
-    meta_ds = LeRobotDataset(repo_id, root=opts.dataset_root)
+    if opts.dataset_root is not None and not (Path(opts.dataset_root) / "meta" / "info.json").is_file():
+        raise FileNotFoundError(
+            f"--dataset.root {opts.dataset_root} has no meta/info.json: it is not a LeRobot dataset folder"
+        )
+    try:
+        meta_ds = LeRobotDataset(repo_id, root=opts.dataset_root)
+    except Exception as err:  # hub / network / format errors from LeRobot
+        raise ValueError(
+            f"could not load the dataset (repo_id={opts.dataset_repo_id}, root={opts.dataset_root}): {err}. "
+            "Without network access, pass --dataset.root pointing at a local copy."
+        ) from err
     delta = resolve_delta_timestamps(cfg, meta_ds.meta)
     dataset = LeRobotDataset(repo_id, root=opts.dataset_root, delta_timestamps=delta) if delta else meta_ds
     n_frames = len(dataset)
@@ -249,6 +259,9 @@ def _preprocess(preprocessor: Any, raw: dict[str, Any], device: str) -> dict[str
 def _resolve_policy_dir(path: str) -> Path:
     """A local checkpoint directory, or a hub id downloaded to the local HF cache."""
     p = Path(path)
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
+    if looks_local and not p.exists():
+        raise FileNotFoundError(f"--policy.path {path} does not exist (and is not a hub id like 'user/model')")
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise FileNotFoundError(f"--policy.path {p} has no config.json: is it a LeRobot `pretrained_model` folder?")
