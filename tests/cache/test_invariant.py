@@ -24,6 +24,10 @@ from support.synthetic_cache import make_manifest as _manifest
 FAMILIES = {
     "act": ("support.tiny_classic", lambda m: m.make_tiny("act"), lambda m: m.make_batch("act", 3, seed=1)),
     "diffusion": ("support.tiny_classic", lambda m: m.make_tiny("diffusion"), lambda m: m.make_batch("diffusion", 3, seed=1)),
+    "pi0": ("support.tiny_vla", lambda m: m.make_tiny_vla("pi0"), lambda m: m.make_vla_batch("pi0", 3, seed=1)),
+    "pi05": ("support.tiny_vla", lambda m: m.make_tiny_vla("pi05"), lambda m: m.make_vla_batch("pi05", 3, seed=1)),
+    "pi0_fast": ("support.tiny_vla", lambda m: m.make_tiny_vla("pi0_fast"), lambda m: m.make_vla_batch("pi0_fast", 3, seed=1)),
+    "smolvla": ("support.tiny_smolvla", lambda m: m.make_tiny_smolvla(), lambda m: m.make_smolvla_batch(3, seed=1)),
 }
 
 
@@ -33,9 +37,13 @@ def test_features_from_stored_inputs_equal_cached_features(family, tmp_path):
     support = importlib.import_module(module_name)
     policy, preprocessor, _ = make_policy(support)
     policy.eval()
-    batch = preprocessor(make_batch(support))
+    raw = make_batch(support)
+    for key, value in raw.items():  # as decoded from a dataset: 8-bit images scaled to [0, 1]
+        if "image" in key and isinstance(value, torch.Tensor) and value.is_floating_point():
+            raw[key] = torch.round(value.clamp(0, 1) * 255) / 255
+    batch = preprocessor(raw)
     with make_tap(policy) as tap, torch.no_grad():
-        layers = [-2, -1] if family != "diffusion" else [-2, -1]
+        layers = [-2, -1]
         pooling = list(tap.default_pooling)
         teacher = tap.features(batch, layers, pooling)
         stored, spec = encode_inputs(batch)
@@ -51,6 +59,9 @@ def test_features_from_stored_inputs_equal_cached_features(family, tmp_path):
             {"features": teacher[rows], "index": torch.tensor(rows), **{f"input.{key}": t[rows] for key, t in stored.items()}},
         )
     w.finalize()
+    if family in ("pi0", "pi05", "pi0_fast", "smolvla"):
+        image_keys = [k for k in spec if "image" in k and not k.endswith("mask")]
+        assert image_keys and all(spec[k]["encoding"] == "uint8/255" for k in image_keys), spec
 
     cache = AnchorCache(tmp_path / "c")
     got = cache.rows(list(range(len(cache))))
