@@ -141,7 +141,12 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
     cfg = PreTrainedConfig.from_pretrained(str(policy_dir))
     cfg.device = opts.device
     policy = get_policy_class(cfg.type).from_pretrained(str(policy_dir), config=cfg)
-    policy.to(device=opts.device, dtype=_DTYPES[opts.dtype]).eval()
+    policy.to(device=opts.device).eval()
+    # --dtype bfloat16/float16: mixed precision (autocast), as a training run would use;
+    # weights stay as loaded, so the student can reproduce the pass under the same autocast.
+    autocast = torch.autocast(
+        device_type=torch.device(opts.device).type, dtype=_DTYPES[opts.dtype], enabled=opts.dtype != "float32"
+    )
     preprocessor, _ = make_pre_post_processors(cfg, pretrained_path=str(policy_dir))
 
     repo_id = opts.dataset_repo_id or f"local/{Path(opts.dataset_root or 'dataset').name}"
@@ -167,7 +172,7 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
     tap = make_tap(policy)
     layers_abs = tap.resolve_layers(opts.layers)
     pooling = list(opts.pooling or tap.default_pooling)
-    with tap, torch.no_grad():
+    with tap, torch.no_grad(), autocast:
         probe = _preprocess(preprocessor, _collate([dataset[anchor_indices[0]]]), opts.device)
         feats = tap.features(probe, opts.layers, pooling)
         _, input_spec = encode_inputs(probe)
@@ -213,7 +218,7 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
         todo = sum(len(rows) for _, rows in pending)
         bar = tqdm(total=todo, unit="anchor", desc="build-cache", disable=not progress, dynamic_ncols=True)
         loader_kwargs = {"num_workers": opts.num_workers, "collate_fn": _collate}
-        with tap, torch.no_grad():
+        with tap, torch.no_grad(), autocast:
             for k, rows in pending:
                 frames = [anchor_indices[r] for r in rows]
                 loader = torch.utils.data.DataLoader(
