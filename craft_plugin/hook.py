@@ -78,7 +78,14 @@ class CraftHook:
             (``config.epsilon_decay_steps`` wins when set). Not needed for ``constant``.
     """
 
-    def __init__(self, model: nn.Module | NamedParams, config: CraftConfig, *, total_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module | NamedParams,
+        config: CraftConfig,
+        *,
+        total_steps: int | None = None,
+        reduce_fn: Callable[[float], float] | None = None,
+    ) -> None:
         if not isinstance(config, CraftConfig):
             raise TypeError(f"config must be a CraftConfig, got {type(config).__name__}")
         named = list(model.named_parameters()) if isinstance(model, nn.Module) else list(model)
@@ -95,6 +102,9 @@ class CraftHook:
         self.multiplier = LagrangeMultiplier(config.initial_lambda, config.lambda_lr, config.lambda_max)
         self.step_count = 0
         self._banner_logged = False
+        #: Averages L_ret over processes before the dual step (identity in one process), so
+        #: every rank takes the same dual step and λ stays identical across ranks.
+        self.reduce_fn: Callable[[float], float] = reduce_fn or (lambda x: x)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -124,6 +134,27 @@ class CraftHook:
         non-finite ``L_ret``/``g_ret`` made the step fall back to the task gradient).
         ``lambda`` is λ after this step's dual update; ``epsilon`` is the ε the step used.
         """
+        return self._run(task_loss, retention_fn, surrogate=False)[1]
+
+    def surrogate(
+        self, task_loss: Tensor, retention_fn: Callable[[], Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Like :meth:`step`, but return a loss to back-propagate instead of filling ``.grad``.
+
+        The returned scalar has the value of ``L_task`` and, as its gradient, this step's CRaFT
+        gradient: ``s − s.detach() + L_task.detach()`` with ``s = Σ_i ⟨g_i, θ_i⟩`` (``g``
+        detached). So a training loop that calls ``loss.backward()`` itself — LeRobot's
+        ``accelerator.backward``, with DDP's gradient all-reduce, clipping and optimizer — acts
+        on the combined gradient, and logs the task loss. On off steps it is ``task_loss``.
+        λ, ε and the step counter advance here, as in :meth:`step`.
+        """
+        loss, metrics = self._run(task_loss, retention_fn, surrogate=True)
+        assert loss is not None
+        return loss, metrics
+
+    def _run(
+        self, task_loss: Tensor, retention_fn: Callable[[], Tensor] | None, *, surrogate: bool
+    ) -> tuple[Tensor | None, dict[str, float]]:
         if not self._banner_logged:
             logger.info(self.banner())
             self._banner_logged = True
@@ -138,10 +169,11 @@ class CraftHook:
 
         if not retention:
             # Off step (or CRaFT disabled): the task gradient only, no retention work at all.
-            task_loss.backward(inputs=self.params)
+            if not surrogate:
+                task_loss.backward(inputs=self.params)
             metrics.update(retention_step=0.0, **{"lambda": self.lam})
             self.step_count += 1
-            return metrics
+            return (task_loss if surrogate else None), metrics
 
         g_task = torch.autograd.grad(task_loss, self.params, allow_unused=True)
         l_ret = retention_fn()
@@ -169,11 +201,11 @@ class CraftHook:
                 self.step_count,
                 l_ret_value,
             )
-            self._write_grads(list(g_task))
+            out = self._emit(list(g_task), None, task_loss, surrogate)
             metrics.update(nonfinite=1.0, conflict=0.0, proj_frac=0.0, energy_removed=0.0, **{"lambda": self.lam})
             metrics.update(dot=float("nan"), cos=float("nan"))
             self.step_count += 1
-            return metrics
+            return out, metrics
 
         del g_task
         groups = self.groups
@@ -193,21 +225,41 @@ class CraftHook:
             table=table,
         )
         del gr
-        self._write_grads(proj.grads, idx)
-        new_lam = self.multiplier.step(l_ret_value, eps_t)
+        stats_dot, stats_cos = float(proj.stats.dot), float(proj.stats.cos)
+        conflict = 1.0 if proj.conflict else 0.0
+        proj_frac, energy_removed = proj.projected_frac, proj.energy_removed
+        out = self._emit(proj.grads, idx, task_loss, surrogate)
+        del proj
+        new_lam = self.multiplier.step(self.reduce_fn(l_ret_value), eps_t)
         metrics.update(
             {
                 "lambda": new_lam,
-                "dot": float(proj.stats.dot),
-                "cos": float(proj.stats.cos),
-                "conflict": 1.0 if proj.conflict else 0.0,
-                "proj_frac": proj.projected_frac,
-                "energy_removed": proj.energy_removed,
+                "dot": stats_dot,
+                "cos": stats_cos,
+                "conflict": conflict,
+                "proj_frac": proj_frac,
+                "energy_removed": energy_removed,
                 "nonfinite": 0.0,
             }
         )
         self.step_count += 1
-        return metrics
+        return out, metrics
+
+    def _emit(
+        self, grads: list[Tensor | None], idx: list[int] | None, task_loss: Tensor, surrogate: bool
+    ) -> Tensor | None:
+        """Write ``grads`` into ``.grad``, or return the surrogate loss that carries them."""
+        if not surrogate:
+            self._write_grads(grads, idx)
+            return None
+        idx = list(range(len(self.params))) if idx is None else idx
+        terms = [
+            torch.sum(g.detach().to(self.params[i].dtype) * self.params[i])
+            for i, g in zip(idx, grads, strict=True)
+            if g is not None
+        ]
+        s = torch.stack(terms).sum() if terms else task_loss.new_zeros(())
+        return s - s.detach() + task_loss.detach()
 
     def _write_grads(self, grads: list[Tensor | None], idx: list[int] | None = None) -> None:
         idx = list(range(len(self.params))) if idx is None else idx

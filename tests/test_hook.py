@@ -278,3 +278,39 @@ def test_epsilon_follows_the_schedule_and_lambda_rises_when_over_budget():
         task, retention = _losses(model, teacher, step)
         eps.append(hook2.step(task, retention)["epsilon"])
     assert eps == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
+
+
+@pytest.mark.parametrize("granularity", ["global", "per_layer"])
+def test_surrogate_loss_carries_the_combined_gradient_and_the_task_value(granularity):
+    teacher = _mlp(seed=1)
+    cfg = CraftConfig(projection_granularity=granularity, conflict_threshold=0.9, retention_freq=2, lambda_lr=0.5)
+    a, b = _mlp(seed=0), _mlp(seed=0)
+    hook_a, hook_b = CraftHook(a, cfg, total_steps=10), CraftHook(b, cfg, total_steps=10)
+    for step in range(3):  # retention, off, retention
+        a.zero_grad()
+        b.zero_grad()
+        task, retention = _losses(a, teacher, step)
+        m_a = hook_a.step(task, retention)
+        task_b, retention_b = _losses(b, teacher, step)
+        loss, m_b = hook_b.surrogate(task_b, retention_b)
+        assert float(loss.detach()) == pytest.approx(float(task_b.detach()), abs=1e-6)
+        loss.backward()
+        for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+            torch.testing.assert_close(pb.grad, pa.grad, atol=1e-6, rtol=0)
+        assert m_a == m_b
+
+
+def test_reduce_fn_averages_l_ret_before_the_dual_step():
+    teacher = _mlp(seed=1)
+    model = _mlp(seed=0)
+    seen = []
+
+    def mean_over_ranks(x: float) -> float:  # pretend another rank saw L_ret = 0
+        seen.append(x)
+        return x / 2
+
+    cfg = CraftConfig(epsilon_start=0.0, epsilon_end=0.0, lambda_lr=1.0, initial_lambda=0.0)
+    hook = CraftHook(model, cfg, total_steps=4, reduce_fn=mean_over_ranks)
+    task, retention = _losses(model, teacher, 0)
+    m = hook.step(task, retention)
+    assert seen == [m["L_ret"]] and m["lambda"] == pytest.approx(m["L_ret"] / 2, abs=1e-12)
