@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from craft_plugin.cache.manifest import CacheError, Manifest, load_manifest
-from craft_plugin.cache.shards import ShardError, ShardReader, file_sha256
+from craft_plugin.cache.shards import ShardError, ShardReader, cat_rows, file_sha256
 
 __all__ = ["AnchorBatch", "AnchorCache", "INPUT_PREFIX"]
 
@@ -132,7 +132,7 @@ class AnchorCache:
         if not order:
             raise ValueError("no indices given")
         perm = np.argsort(np.concatenate(order), kind="stable")
-        merged = {n: torch.cat(v)[torch.from_numpy(perm)] for n, v in parts.items()}
+        merged = {n: cat_rows(v, n)[torch.from_numpy(perm)] for n, v in parts.items()}
         return AnchorBatch(
             features=merged.pop("features"),
             index=merged.pop("index"),

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from craft_plugin.cache.manifest import DatasetInfo, Manifest, TeacherInfo, utc_now
-from craft_plugin.cache.shards import file_sha256
+from craft_plugin.cache.shards import cat_rows, file_sha256
 from craft_plugin.cache.writer import CacheWriter
 
 __all__ = ["BuildOptions", "BuildSummary", "build_cache", "encode_inputs", "decode_inputs"]
@@ -234,7 +234,7 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
                         for key, t in enc.items():
                             parts.setdefault("input." + key, []).append(t)
                     bar.update(f.shape[0])
-                tensors = {name: torch.cat(v) for name, v in parts.items()}
+                tensors = {name: cat_rows(v, name) for name, v in parts.items()}
                 tensors["index"] = torch.tensor(frames, dtype=torch.int64)
                 writer.add_shard(k, tensors)
         bar.close()

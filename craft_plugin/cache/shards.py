@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-__all__ = ["ShardError", "ShardReader", "atomic_write_bytes", "file_sha256", "write_shard"]
+__all__ = ["ShardError", "ShardReader", "atomic_write_bytes", "cat_rows", "file_sha256", "write_shard"]
 
 # safetensors dtype tag -> (numpy dtype used to map the bytes, torch dtype to view them as)
 _DTYPES: dict[str, tuple[np.dtype, torch.dtype]] = {
@@ -35,6 +35,20 @@ _DTYPES: dict[str, tuple[np.dtype, torch.dtype]] = {
     "U8": (np.dtype("u1"), torch.uint8),
     "BOOL": (np.dtype("?"), torch.bool),
 }
+
+
+def cat_rows(parts: Sequence[Tensor], name: str = "tensor") -> Tensor:
+    """Concatenate row blocks; 2-d integer/bool blocks of different widths (token ids and
+    attention masks from a tokenizer that pads to the longest prompt of each batch) are first
+    right-padded with 0 / False to the widest. The attention mask marks those positions as
+    padding, so the model's features of the real tokens do not change."""
+    widths = {tuple(p.shape[1:]) for p in parts}
+    if len(widths) <= 1:
+        return torch.cat(list(parts))
+    if all(p.dim() == 2 and (p.dtype == torch.bool or not p.is_floating_point()) for p in parts):
+        width = max(p.shape[1] for p in parts)
+        return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+    raise ValueError(f"{name}: row blocks differ in shape {sorted(widths)} and cannot be padded (only 2-d ids/masks can)")
 
 
 class ShardError(RuntimeError):

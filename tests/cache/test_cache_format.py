@@ -185,3 +185,14 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_build(tmp_path):
     assert [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards]
     strip = lambda m: {k: v for k, v in m.model_dump().items() if k not in ("created_at", "updated_at")}  # noqa: E731
     assert strip(a) == strip(b)
+
+
+def test_cat_rows_right_pads_token_ids_and_masks_only():
+    from craft_plugin.cache.shards import cat_rows
+
+    ids = cat_rows([torch.tensor([[5, 6, 7]]), torch.tensor([[8]])], "tokens")
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+    mask = cat_rows([torch.tensor([[True, True]]), torch.tensor([[True]])], "mask")
+    assert mask.tolist() == [[True, True], [True, False]]
+    with pytest.raises(ValueError, match="features: row blocks differ in shape"):
+        cat_rows([torch.zeros(1, 3), torch.zeros(1, 2)], "features")

@@ -11,15 +11,29 @@ import numpy as np
 from support.tiny_classic import ACTION_DIM, CAMERA, IMAGE_SHAPE, STATE_DIM
 
 
-def make_dataset(root: Path, *, episodes: int = 2, frames: int = 12, fps: int = 10, use_videos: bool = False, seed: int = 0) -> Any:
-    """A dataset with one camera (`observation.images.top`, 64x64), a 4-d state and a 4-d action."""
+def make_dataset(
+    root: Path,
+    *,
+    episodes: int = 2,
+    frames: int = 12,
+    fps: int = 10,
+    use_videos: bool = False,
+    seed: int = 0,
+    camera: str = CAMERA,
+    image_shape: tuple[int, int, int] = IMAGE_SHAPE,
+    state_dim: int = STATE_DIM,
+    action_dim: int = ACTION_DIM,
+    tasks: tuple[str, ...] = ("task 0", "task 1"),
+) -> Any:
+    """A dataset with one camera (default `observation.images.top`, 64x64), a state and an action;
+    episode e has task ``tasks[e % len(tasks)]``."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    c, h, w = IMAGE_SHAPE
+    c, h, w = image_shape
     features = {
-        CAMERA: {"dtype": "video" if use_videos else "image", "shape": (h, w, c), "names": ["height", "width", "channels"]},
-        "observation.state": {"dtype": "float32", "shape": (STATE_DIM,), "names": None},
-        "action": {"dtype": "float32", "shape": (ACTION_DIM,), "names": None},
+        camera: {"dtype": "video" if use_videos else "image", "shape": (h, w, c), "names": ["height", "width", "channels"]},
+        "observation.state": {"dtype": "float32", "shape": (state_dim,), "names": None},
+        "action": {"dtype": "float32", "shape": (action_dim,), "names": None},
     }
     ds = LeRobotDataset.create(repo_id="local/tiny", fps=fps, features=features, root=root, use_videos=use_videos)
     rng = np.random.default_rng(seed)
@@ -27,10 +41,10 @@ def make_dataset(root: Path, *, episodes: int = 2, frames: int = 12, fps: int = 
         for _ in range(frames):
             ds.add_frame(
                 {
-                    CAMERA: rng.integers(0, 256, size=(h, w, c), dtype=np.uint8),
-                    "observation.state": rng.standard_normal(STATE_DIM).astype(np.float32),
-                    "action": rng.uniform(-1, 1, ACTION_DIM).astype(np.float32),
-                    "task": f"task {e % 2}",
+                    camera: rng.integers(0, 256, size=(h, w, c), dtype=np.uint8),
+                    "observation.state": rng.standard_normal(state_dim).astype(np.float32),
+                    "action": rng.uniform(-1, 1, action_dim).astype(np.float32),
+                    "task": tasks[e % len(tasks)],
                 }
             )
         ds.save_episode()
