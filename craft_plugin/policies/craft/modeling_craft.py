@@ -1,0 +1,188 @@
+"""``CRaFTPolicy``: a base LeRobot policy whose training step is CRaFT's.
+
+Where the projection happens: inside ``forward``. LeRobot's loop calls
+``loss, out = policy.forward(batch)``, then ``accelerator.backward(loss)``, clips and steps.
+``forward`` computes the task loss with the base, takes ``g_task`` and (every
+``retention_freq`` steps) ``g_ret`` with ``torch.autograd.grad``, projects and combines them
+(:meth:`CraftHook.surrogate`), and returns a loss whose *value* is the task loss (so the
+logged ``loss`` is the task loss) and whose *gradient* is the combined CRaFT gradient. So
+``accelerator.backward`` (and DDP's all-reduce of it), LeRobot's gradient clipping and the
+optimizer all act on the combined gradient, unchanged. The projection is decided per process,
+before DDP averages the gradients; ``L_ret`` is averaged over processes before the dual step,
+so λ stays identical on every rank.
+
+The retention forward runs with every module in ``eval()`` (dropout off), like the teacher's.
+Only parameters with ``requires_grad`` take part (PEFT adapters, ``train_expert_only``...).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from lerobot.policies.factory import get_policy_class
+from lerobot.policies.pretrained import PreTrainedPolicy
+from torch import Tensor
+
+from craft_plugin.cache.anchor_cache import AnchorCache
+from craft_plugin.cache.manifest import CacheError
+from craft_plugin.cache.shards import atomic_write_bytes
+from craft_plugin.hook import CraftHook
+from craft_plugin.policies.craft.configuration_craft import CRaFTConfig
+from craft_plugin.retention import make_retention
+
+logger = logging.getLogger(__name__)
+
+CRAFT_STATE_FILE = "craft_state.json"
+
+
+class CRaFTPolicy(PreTrainedPolicy):
+    """Wraps ``self.base`` (any LeRobot policy); see the module docstring."""
+
+    config_class = CRaFTConfig
+    name = "craft"
+
+    def __init__(self, config: CRaFTConfig, dataset_stats: Any = None, **kwargs: Any) -> None:
+        super().__init__(config)
+        self.config: CRaFTConfig = config
+        config.sync_features_to_base()
+        base_cfg = config.base_config
+        base_cls = get_policy_class(base_cfg.type)
+        if config.base_path and config.pretrained_path is None:
+            logger.info("CRaFT: loading the base %s policy from %s", base_cfg.type, config.base_path)
+            self.base = base_cls.from_pretrained(config.base_path, config=base_cfg)
+        else:
+            base_kwargs = {k: v for k, v in kwargs.items() if k in ("dataset_meta",)}
+            try:
+                self.base = base_cls(base_cfg, dataset_stats=dataset_stats, **base_kwargs)
+            except TypeError:
+                self.base = base_cls(base_cfg)
+        self._hook: CraftHook | None = None
+        self._retention: Any = None
+        self._pending_state: dict[str, Any] | None = None
+        if config.craft.enabled:
+            self._check_cache()
+
+    # ------------------------------------------------------------------ set-up
+    def _check_cache(self) -> None:
+        """Fail before step 1 on a missing or unfitting cache (message names the fix)."""
+        c = self.config.craft
+        if c.anchor_cache_dir is None:
+            raise CacheError(
+                "CRaFT is enabled but no anchor cache is set: pass --policy.craft.anchor_cache_dir=<dir> "
+                "(build one with `craft build-cache`), or --policy.craft.enabled=false for plain fine-tuning"
+            )
+        cache = AnchorCache(c.anchor_cache_dir)
+        self._retention = make_retention(self.base, cache, c, device=str(self.config.device or "cpu"))
+
+    def _ensure_hook(self) -> CraftHook:
+        if self._hook is None:
+            total = self.config.craft.epsilon_decay_steps or _steps_from_argv()
+            if total is None and self.config.craft.epsilon_schedule != "constant":
+                raise ValueError(
+                    "CRaFT needs the run's length to anneal ε: pass --steps to lerobot-train or "
+                    "--policy.craft.epsilon_decay_steps=N"
+                )
+            self._hook = CraftHook(
+                [(n, p) for n, p in self.base.named_parameters() if p.requires_grad],
+                self.config.craft,
+                total_steps=total,
+                reduce_fn=_mean_over_processes,
+            )
+            if self._pending_state is not None:
+                self._load_craft_state(self._pending_state)
+                self._pending_state = None
+        return self._hook
+
+    # ------------------------------------------------------------------ the training step
+    def forward(self, batch: dict[str, Tensor], **kwargs: Any) -> tuple[Tensor, dict | None]:
+        out = self.base.forward(batch, **kwargs)
+        task_loss, output = (out if isinstance(out, tuple) else (out, None))
+        output = dict(output or {})
+        if not (self.training and self.config.craft.enabled and torch.is_grad_enabled()):
+            return task_loss, output
+        hook = self._ensure_hook()
+        loss, metrics = hook.surrogate(task_loss, self._retention)
+        for key, value in metrics.items():
+            output[key] = value
+        return loss, output
+
+    # ------------------------------------------------------------------ delegation
+    def get_optim_params(self) -> Any:
+        return self.base.get_optim_params()
+
+    def reset(self) -> None:
+        self.base.reset()
+
+    @torch.no_grad()
+    def select_action(self, batch: dict[str, Tensor], **kwargs: Any) -> Tensor:
+        return self.base.select_action(batch, **kwargs)
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Tensor], **kwargs: Any) -> Tensor:
+        return self.base.predict_action_chunk(batch, **kwargs)
+
+    # ------------------------------------------------------------------ CRaFT state
+    def craft_state_dict(self) -> dict[str, Any]:
+        hook = self._ensure_hook()
+        state = hook.state_dict()
+        out: dict[str, Any] = {
+            "step": state["step"],
+            "lambda": float(state["multiplier"]["value"]),
+            "schedule": state["schedule"],
+        }
+        if self._retention is not None:
+            gen = self._retention.state_dict()["sampler"]["generator"]
+            out["sampler_generator"] = gen.tolist()
+        return out
+
+    def _load_craft_state(self, state: dict[str, Any]) -> None:
+        assert self._hook is not None
+        self._hook.load_state_dict(
+            {
+                "step": state["step"],
+                "multiplier": {"value": torch.tensor(state["lambda"], dtype=torch.float64)},
+                "schedule": state["schedule"],
+            }
+        )
+        if self._retention is not None and "sampler_generator" in state:
+            self._retention.load_state_dict(
+                {"sampler": {"generator": torch.tensor(state["sampler_generator"], dtype=torch.uint8)}}
+            )
+
+    def _save_pretrained(self, save_directory: Path, state_dict: dict[str, Tensor] | None = None) -> None:
+        super()._save_pretrained(save_directory, state_dict=state_dict)
+        if self.config.craft.enabled:
+            atomic_write_bytes(Path(save_directory) / CRAFT_STATE_FILE, json.dumps(self.craft_state_dict()).encode())
+
+    @classmethod
+    def from_pretrained(cls, pretrained_name_or_path: str | Path, *, config: Any = None, **kwargs: Any) -> Any:
+        policy = super().from_pretrained(pretrained_name_or_path, config=config, **kwargs)
+        state_file = Path(str(pretrained_name_or_path)) / CRAFT_STATE_FILE
+        if state_file.is_file():
+            policy._pending_state = json.loads(state_file.read_text())
+        return policy
+
+
+def _steps_from_argv() -> int | None:
+    """``--steps=N`` of the running ``lerobot-train`` command line, if any."""
+    for i, arg in enumerate(sys.argv):
+        m = re.fullmatch(r"--steps=(\d+)", arg)
+        if m:
+            return int(m.group(1))
+        if arg == "--steps" and i + 1 < len(sys.argv) and sys.argv[i + 1].isdigit():
+            return int(sys.argv[i + 1])
+    return None
+
+
+def _mean_over_processes(value: float) -> float:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return float(t.item()) / torch.distributed.get_world_size()
+    return value

@@ -1,0 +1,90 @@
+"""A stock `lerobot-train` run picks up CRaFT (way in (a): --discover_packages_path=craft_plugin)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from craft_plugin.cache.builder import BuildOptions, build_cache
+
+BIN = Path(sys.executable).parent
+FIELDS = ("L_ret", "lambda", "epsilon", "dot", "cos", "conflict", "proj_frac")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from support.tiny_classic import make_tiny_act
+    from support.tiny_dataset import make_dataset, save_policy
+
+    root = tmp_path_factory.mktemp("train-world")
+    make_dataset(root / "data")
+    save_policy(*make_tiny_act(seed=0), root / "act")
+    build_cache(
+        BuildOptions(
+            policy_path=str(root / "act"), output_dir=str(root / "cache"), dataset_root=str(root / "data"),
+            dataset_repo_id="local/tiny", num_anchors=12, batch_size=4, shard_size=6,
+        ),
+        progress=False,
+    )  # fmt: skip
+    return root
+
+
+def _train(world: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        str(BIN / "lerobot-train"), "--policy.push_to_hub=false", "--policy.device=cpu", "--dataset.repo_id=local/tiny",
+        f"--dataset.root={world / 'data'}", f"--output_dir={out}", "--steps=4", "--batch_size=4", "--log_freq=1",
+        "--save_freq=4", "--num_workers=0", "--wandb.enable=false", "--seed=1", *args,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(world / "hf")}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def _craft_args(world: Path, *extra: str) -> list[str]:
+    return [
+        "--discover_packages_path=craft_plugin", "--policy.type=craft", f"--policy.base_path={world / 'act'}",
+        f"--policy.craft.anchor_cache_dir={world / 'cache'}", "--policy.craft.anchor_batch_size=4",
+        "--policy.craft.pooling=[mean_image_tokens,cls_token]", *extra,
+    ]  # fmt: skip
+
+
+def _steps(log: str) -> list[dict[str, float]]:
+    rows = []
+    for line in log.splitlines():
+        m = re.search(r"step:(\d+) .*", line)
+        if m and "loss:" in line:
+            rows.append({k: float(v) for k, v in re.findall(r"(\w+):(-?[0-9.]+(?:e[-+]?\d+)?)", m.group(0))})
+    return rows
+
+
+def test_discover_packages_path_runs_craft_with_every_log_field(world, tmp_path):
+    res = _train(world, tmp_path / "run", *_craft_args(world))
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = res.stdout + res.stderr
+    assert "CRaFT: enabled=True | mode=hidden | initial λ=1.0 | λ lr=0.01" in log
+    steps = _steps(log)
+    assert [int(s["step"]) for s in steps] == [1, 2, 3, 4]
+    for s in steps:
+        assert all(f in s for f in FIELDS), s
+        assert s["loss"] == s["L_task"], "the logged loss is the task loss"
+    assert steps[0]["L_ret"] == 0.0, "step 1 from the teacher's own weights: L_ret = 0"
+    assert steps[0]["epsilon"] == 1.0 and steps[-1]["epsilon"] == pytest.approx(0.325)
+    ckpt = tmp_path / "run" / "checkpoints" / "000004" / "pretrained_model"
+    state = json.loads((ckpt / "craft_state.json").read_text())
+    assert state["step"] == 4 and state["lambda"] == pytest.approx(steps[-1]["lambda"], abs=1e-3)
+    assert (ckpt / "base" / "config.json").is_file()
+    assert json.loads((ckpt / "config.json").read_text())["type"] == "craft"
+
+
+def test_missing_cache_stops_before_step_1_with_the_fix(world, tmp_path):
+    args = [a for a in _craft_args(world) if "anchor_cache_dir" not in a]
+    res = _train(world, tmp_path / "run", *args, f"--policy.craft.anchor_cache_dir={tmp_path / 'nope'}")
+    assert res.returncode != 0
+    log = res.stdout + res.stderr
+    assert "does not exist; build one with `craft build-cache`" in log
+    assert "step:1 " not in log
