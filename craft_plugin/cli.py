@@ -176,5 +176,25 @@ def cache_info_cmd(
         raise typer.Exit(code=1)
 
 
+@app.command(
+    "train",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def train_cmd(ctx: typer.Context) -> None:
+    """Run LeRobot's own `lerobot-train` in this process with the `craft` policy type registered.
+
+    Every argument is passed through unchanged, e.g.
+    `craft train --policy.type=craft --policy.base_path=... --policy.craft.anchor_cache_dir=... --dataset.repo_id=...`
+    """
+    import sys
+
+    import craft_plugin.policies  # noqa: F401  (registers --policy.type=craft)
+    from lerobot.scripts.lerobot_train import main as lerobot_train_main
+
+    sys.argv = ["lerobot-train", *ctx.args]
+    lerobot_train_main()
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -103,3 +103,23 @@ def test_craft_switched_off_logs_the_same_losses_as_a_plain_run_of_its_base(worl
     assert len(a) == len(b) == 4
     for x, y in zip(a, b, strict=True):
         assert (x["loss"], x["grdn"]) == (y["loss"], y["grdn"])
+
+
+def test_craft_train_passes_every_argument_to_lerobot_train(world, tmp_path):
+    """Way in (b): `craft train ...` runs LeRobot's own entry point in-process."""
+    cmd = [
+        str(BIN / "craft"), "train", "--policy.type=craft", f"--policy.base_path={world / 'act'}",
+        f"--policy.craft.anchor_cache_dir={world / 'cache'}", "--policy.craft.anchor_batch_size=4",
+        "--policy.craft.pooling=[mean_image_tokens,cls_token]", "--policy.craft.retention_mode=token_ce",
+        "--policy.push_to_hub=false", "--policy.device=cpu", "--dataset.repo_id=local/tiny",
+        f"--dataset.root={world / 'data'}", f"--output_dir={tmp_path / 'run'}", "--steps=2", "--batch_size=4",
+        "--log_freq=1", "--save_freq=2", "--num_workers=0", "--wandb.enable=false",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(world / "hf")}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = res.stdout + res.stderr
+    assert "mode=token_ce" in log
+    steps = _steps(log)
+    assert [int(s["step"]) for s in steps] == [1, 2] and all(s["L_ret"] > 0 for s in steps)
+    assert (tmp_path / "run" / "checkpoints" / "000002" / "pretrained_model" / "craft_state.json").is_file()
