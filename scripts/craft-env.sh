@@ -98,16 +98,19 @@ ensure() {
             log "no requirements.lock: resolving from pyproject.toml"
             "$venv/bin/uv" pip install --compile-bytecode --python "$venv/bin/python" -e "$ROOT[test]" >&2
         fi
-        "$venv/bin/uv" pip install --python "$venv/bin/python" --no-deps -e "$ROOT" >&2
+        "$venv/bin/uv" pip install --python "$venv/bin/python" --no-deps -e "$ROOT" -e "$ROOT/lerobot_policy_craft" >&2
         printf '%s\n' "$want" >"$stamp"
         log "environment ready in $((SECONDS - t0)) s"
     fi
-    # The environment is shared between clones: make sure `craft_plugin` resolves to this one.
+    # The environment is shared between clones: make sure `craft_plugin` resolves to this one
     local here
-    here="$("$venv/bin/python" -I -c 'import importlib.util as u, os; s = u.find_spec("craft_plugin"); print(os.path.dirname(os.path.dirname(os.path.abspath(s.origin))) if s else "")' 2>/dev/null || true)"
-    if [[ "$here" != "$ROOT" ]]; then
-        log "pointing the editable craft-plugin install at $ROOT"
-        "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" --no-deps -e "$ROOT" >&2
+    # (and so does `lerobot_policy_craft`, the companion distribution LeRobot auto-imports).
+    here="$("$venv/bin/python" -I -c 'import importlib.util as u, os
+a, b = u.find_spec("craft_plugin"), u.find_spec("lerobot_policy_craft")
+print(os.path.dirname(os.path.dirname(os.path.abspath(a.origin))) if a else "", os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(b.origin)))) if b else "")' 2>/dev/null || true)"
+    if [[ "$here" != "$ROOT $ROOT" ]]; then
+        log "pointing the editable craft-plugin installs at $ROOT"
+        "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" --no-deps -e "$ROOT" -e "$ROOT/lerobot_policy_craft" >&2
     fi
     printf '%s\n' "$venv"
 }

@@ -123,3 +123,15 @@ def test_craft_train_passes_every_argument_to_lerobot_train(world, tmp_path):
     steps = _steps(log)
     assert [int(s["step"]) for s in steps] == [1, 2] and all(s["L_ret"] > 0 for s in steps)
     assert (tmp_path / "run" / "checkpoints" / "000002" / "pretrained_model" / "craft_state.json").is_file()
+
+
+def test_companion_distribution_needs_no_flag(world, tmp_path):
+    """Way in (c): `lerobot_policy_craft` is installed by the set-up, LeRobot auto-imports it."""
+    from importlib.metadata import distribution
+
+    assert distribution("lerobot_policy_craft").metadata["Name"] == "lerobot_policy_craft"
+    args = [a for a in _craft_args(world) if not a.startswith("--discover_packages_path")]
+    res = _train(world, tmp_path / "run", *args, "--steps=2", "--save_freq=2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    steps = _steps(res.stdout + res.stderr)
+    assert [int(s["step"]) for s in steps] == [1, 2] and steps[0]["L_ret"] == 0.0

@@ -1,0 +1,3 @@
+"""Importing this registers the ``craft`` policy type (LeRobot imports it automatically)."""
+
+import craft_plugin.policies  # noqa: F401
