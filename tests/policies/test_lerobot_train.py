@@ -74,6 +74,12 @@ def test_discover_packages_path_runs_craft_with_every_log_field(world, tmp_path)
         assert s["loss"] == s["L_task"], "the logged loss is the task loss"
     assert steps[0]["L_ret"] == 0.0, "step 1 from the teacher's own weights: L_ret = 0"
     assert steps[0]["epsilon"] == 1.0 and steps[-1]["epsilon"] == pytest.approx(0.325)
+    jsonl = [json.loads(line) for line in (tmp_path / "run" / "craft_metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in jsonl] == [1, 2, 3, 4]
+    assert abs(jsonl[0]["L_ret"]) < 1e-5, "L_ret at step 1 is 0 to 1e-5"
+    for r, s in zip(jsonl, steps, strict=True):
+        assert all(f in r for f in FIELDS)
+        assert r["lambda"] == pytest.approx(s["lambda"], abs=1e-3) and r["L_task"] == pytest.approx(s["L_task"], abs=1e-3)
     ckpt = tmp_path / "run" / "checkpoints" / "000004" / "pretrained_model"
     state = json.loads((ckpt / "craft_state.json").read_text())
     assert state["step"] == 4 and state["lambda"] == pytest.approx(steps[-1]["lambda"], abs=1e-3)

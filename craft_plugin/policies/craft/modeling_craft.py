@@ -39,6 +39,7 @@ from craft_plugin.retention import make_retention
 logger = logging.getLogger(__name__)
 
 CRAFT_STATE_FILE = "craft_state.json"
+METRICS_FILE = "craft_metrics.jsonl"
 
 
 class CRaFTPolicy(PreTrainedPolicy):
@@ -65,6 +66,7 @@ class CRaFTPolicy(PreTrainedPolicy):
         self._hook: CraftHook | None = None
         self._retention: Any = None
         self._pending_state: dict[str, Any] | None = None
+        self._metrics_path, self._log_freq = _metrics_destination()
         if config.craft.enabled:
             self._check_cache()
 
@@ -110,7 +112,17 @@ class CRaFTPolicy(PreTrainedPolicy):
         loss, metrics = hook.surrogate(task_loss, self._retention)
         for key, value in metrics.items():
             output[key] = value
+        self._append_metrics(hook.step_count, metrics)
         return loss, output
+
+    def _append_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """One JSON object per logged step (LeRobot's ``--log_freq``) in ``craft_metrics.jsonl``
+        of the run's output directory (main process only)."""
+        if self._metrics_path is None or step % self._log_freq != 0 or not _is_main_process():
+            return
+        self._metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
 
     # ------------------------------------------------------------------ delegation
     def get_optim_params(self) -> Any:
@@ -167,6 +179,36 @@ class CRaFTPolicy(PreTrainedPolicy):
         if state_file.is_file():
             policy._pending_state = json.loads(state_file.read_text())
         return policy
+
+
+def _metrics_destination() -> tuple[Path | None, int]:
+    """The running ``lerobot-train``'s output directory and ``log_freq``.
+
+    The policy is built inside LeRobot's ``train(cfg)``; its ``TrainPipelineConfig`` is found
+    on the call stack. Outside a LeRobot run there is no destination (nothing is written).
+    """
+    import inspect
+
+    try:
+        from lerobot.configs.train import TrainPipelineConfig
+    except ImportError:  # pragma: no cover
+        return None, 1
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            cfg = frame.f_locals.get("cfg")
+            if isinstance(cfg, TrainPipelineConfig) and cfg.output_dir is not None:
+                return Path(cfg.output_dir) / METRICS_FILE, max(int(cfg.log_freq or 1), 1)
+            frame = frame.f_back
+    finally:
+        del frame
+    return None, 1
+
+
+def _is_main_process() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
 
 
 def _steps_from_argv() -> int | None:
