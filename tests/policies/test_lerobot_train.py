@@ -141,3 +141,42 @@ def test_companion_distribution_needs_no_flag(world, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     steps = _steps(res.stdout + res.stderr)
     assert [int(s["step"]) for s in steps] == [1, 2] and steps[0]["L_ret"] == 0.0
+
+
+def test_resume_restores_lambda_step_schedule_and_sampler(world, tmp_path):
+    """LeRobot's --resume does not replay batches, so compare CRaFT's state, not trajectories."""
+    import shutil
+
+    straight = tmp_path / "straight"
+    res = _train(world, straight, *_craft_args(world), "--save_freq=2", "--policy.craft.lambda_lr=0.5")
+    assert res.returncode == 0, res.stderr[-3000:]
+    full = [json.loads(line) for line in (straight / "craft_metrics.jsonl").read_text().splitlines()]
+
+    # A run that stopped after its step-2 checkpoint: a copy of the run with only that checkpoint.
+    stopped = tmp_path / "stopped"
+    (stopped / "checkpoints").mkdir(parents=True)
+    shutil.copytree(straight / "checkpoints" / "000002", stopped / "checkpoints" / "000002")
+    (stopped / "checkpoints" / "last").symlink_to("000002")
+    ckpt = stopped / "checkpoints" / "last" / "pretrained_model"
+    train_cfg = json.loads((ckpt / "train_config.json").read_text())
+    train_cfg["output_dir"] = str(stopped)
+    (ckpt / "train_config.json").write_text(json.dumps(train_cfg))
+    saved = json.loads((ckpt / "craft_state.json").read_text())
+    assert saved["step"] == 2 and saved["lambda"] == pytest.approx(full[1]["lambda"], abs=1e-12)
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(world / "hf")}
+    cmd = [str(BIN / "lerobot-train"), "--discover_packages_path=craft_plugin", f"--config_path={ckpt / 'train_config.json'}", "--resume=true"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed = [json.loads(line) for line in (stopped / "craft_metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == [3, 4]
+    first = resumed[0]
+    # λ continues from the saved value with the saved schedule's ε at step 3
+    assert first["epsilon"] == pytest.approx(full[2]["epsilon"], abs=1e-12)
+    assert first["lambda"] == pytest.approx(min(max(saved["lambda"] + 0.5 * (first["L_ret"] - first["epsilon"]), 0), 10), abs=1e-9)
+    assert [r["epsilon"] for r in resumed] == pytest.approx([r["epsilon"] for r in full[2:]], abs=1e-12)
+    # the anchor sampler continued from its saved state: same anchors as the straight run's step 3
+    final = json.loads((stopped / "checkpoints" / "000004" / "pretrained_model" / "craft_state.json").read_text())
+    straight_final = json.loads((straight / "checkpoints" / "000004" / "pretrained_model" / "craft_state.json").read_text())
+    assert final["sampler_generator"] == straight_final["sampler_generator"]
+    assert final["step"] == 4 and final["schedule"] == saved["schedule"]

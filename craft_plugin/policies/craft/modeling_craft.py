@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +64,9 @@ class CRaFTPolicy(PreTrainedPolicy):
         self._hook: CraftHook | None = None
         self._retention: Any = None
         self._pending_state: dict[str, Any] | None = None
-        self._metrics_path, self._log_freq = _metrics_destination()
+        train_cfg = _train_config()
+        self._run_steps: int | None = int(train_cfg.steps) if train_cfg is not None else None
+        self._metrics_path, self._log_freq = _metrics_destination(train_cfg)
         if config.craft.enabled:
             self._check_cache()
 
@@ -84,11 +84,11 @@ class CRaFTPolicy(PreTrainedPolicy):
 
     def _ensure_hook(self) -> CraftHook:
         if self._hook is None:
-            total = self.config.craft.epsilon_decay_steps or _steps_from_argv()
+            total = self.config.craft.epsilon_decay_steps or self._run_steps
             if total is None and self.config.craft.epsilon_schedule != "constant":
                 raise ValueError(
-                    "CRaFT needs the run's length to anneal ε: pass --steps to lerobot-train or "
-                    "--policy.craft.epsilon_decay_steps=N"
+                    "CRaFT needs the run's length to anneal ε: set --policy.craft.epsilon_decay_steps=N "
+                    "(inside lerobot-train it defaults to --steps)"
                 )
             self._hook = CraftHook(
                 [(n, p) for n, p in self.base.named_parameters() if p.requires_grad],
@@ -181,45 +181,40 @@ class CRaFTPolicy(PreTrainedPolicy):
         return policy
 
 
-def _metrics_destination() -> tuple[Path | None, int]:
-    """The running ``lerobot-train``'s output directory and ``log_freq``.
+def _train_config() -> Any:
+    """The running ``lerobot-train``'s ``TrainPipelineConfig``, or None outside a LeRobot run.
 
-    The policy is built inside LeRobot's ``train(cfg)``; its ``TrainPipelineConfig`` is found
-    on the call stack. Outside a LeRobot run there is no destination (nothing is written).
+    The policy is built inside LeRobot's ``train(cfg)``; ``cfg`` is found on the call stack.
     """
     import inspect
 
     try:
         from lerobot.configs.train import TrainPipelineConfig
     except ImportError:  # pragma: no cover
-        return None, 1
+        return None
     frame = inspect.currentframe()
     try:
         while frame is not None:
             cfg = frame.f_locals.get("cfg")
-            if isinstance(cfg, TrainPipelineConfig) and cfg.output_dir is not None:
-                return Path(cfg.output_dir) / METRICS_FILE, max(int(cfg.log_freq or 1), 1)
+            if isinstance(cfg, TrainPipelineConfig):
+                return cfg
             frame = frame.f_back
     finally:
         del frame
-    return None, 1
+    return None
+
+
+def _metrics_destination(cfg: Any) -> tuple[Path | None, int]:
+    """``craft_metrics.jsonl`` in the run's output directory, and LeRobot's ``log_freq``."""
+    if cfg is None or cfg.output_dir is None:
+        return None, 1
+    return Path(cfg.output_dir) / METRICS_FILE, max(int(cfg.log_freq or 1), 1)
 
 
 def _is_main_process() -> bool:
     return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
         torch.distributed.get_rank() == 0
     )
-
-
-def _steps_from_argv() -> int | None:
-    """``--steps=N`` of the running ``lerobot-train`` command line, if any."""
-    for i, arg in enumerate(sys.argv):
-        m = re.fullmatch(r"--steps=(\d+)", arg)
-        if m:
-            return int(m.group(1))
-        if arg == "--steps" and i + 1 < len(sys.argv) and sys.argv[i + 1].isdigit():
-            return int(sys.argv[i + 1])
-    return None
 
 
 def _mean_over_processes(value: float) -> float:
