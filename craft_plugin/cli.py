@@ -196,5 +196,23 @@ def train_cmd(ctx: typer.Context) -> None:
     lerobot_train_main()
 
 
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="A craft checkpoint (its pretrained_model folder).")],
+    output: Annotated[Path, typer.Argument(help="Folder for the plain base-policy checkpoint.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
+) -> None:
+    """Write a plain base-policy checkpoint (config, weights, processors) stock LeRobot loads."""
+    from craft_plugin.policies.craft.export import export_base_checkpoint
+
+    try:
+        out = export_base_checkpoint(checkpoint, output, overwrite=overwrite)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        typer.echo(f"craft export: {err}", err=True)
+        raise typer.Exit(code=2) from err
+    base_type = json.loads((out / "config.json").read_text()).get("type")
+    typer.echo(f"exported the {base_type} base policy to {out} (load it with --policy.path={out}; no plugin needed)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from craft_plugin.cache.builder import BuildOptions, build_cache
 
@@ -180,3 +181,57 @@ def test_resume_restores_lambda_step_schedule_and_sampler(world, tmp_path):
     straight_final = json.loads((straight / "checkpoints" / "000004" / "pretrained_model" / "craft_state.json").read_text())
     assert final["sampler_generator"] == straight_final["sampler_generator"]
     assert final["step"] == 4 and final["schedule"] == saved["schedule"]
+
+
+_LOAD_WITHOUT_PLUGIN = r"""
+import sys, json, torch
+sys.modules["craft_plugin"] = None  # any import of craft_plugin now fails
+sys.modules["lerobot_policy_craft"] = None
+from lerobot.configs.policies import PreTrainedConfig
+from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+path = sys.argv[1]
+cfg = PreTrainedConfig.from_pretrained(path)
+policy = get_policy_class(cfg.type).from_pretrained(path, config=cfg).eval()
+pre, post = make_pre_post_processors(cfg, pretrained_path=path)
+batch = torch.load(sys.argv[2], weights_only=True)
+torch.manual_seed(0)
+policy.reset()
+action = post(policy.select_action(pre(batch)))
+torch.save(action, sys.argv[3])
+print("plugin importable:", "craft_plugin" in sys.modules and sys.modules["craft_plugin"] is not None)
+"""
+
+
+def test_export_loads_in_stock_lerobot_and_predicts_the_same_actions(world, tmp_path):
+    res = _train(world, tmp_path / "run", *_craft_args(world), "--steps=2", "--save_freq=2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = tmp_path / "run" / "checkpoints" / "000002" / "pretrained_model"
+    out = tmp_path / "exported"
+    exp = subprocess.run([str(BIN / "craft"), "export", str(ckpt), str(out)], capture_output=True, text=True, timeout=120)
+    assert exp.returncode == 0 and "exported the act base policy" in exp.stdout, exp.stderr
+    assert json.loads((out / "config.json").read_text())["type"] == "act"
+
+    from lerobot.policies.factory import make_pre_post_processors
+
+    import craft_plugin.policies  # noqa: F401
+    from craft_plugin.policies.craft.configuration_craft import CRaFTConfig
+    from craft_plugin.policies.craft.modeling_craft import CRaFTPolicy
+    from support.tiny_classic import make_observation
+
+    obs = make_observation("act", 1, seed=5)
+    torch.save(obs, tmp_path / "obs.pt")
+    cfg = CRaFTConfig.from_pretrained(str(ckpt))
+    wrapper = CRaFTPolicy.from_pretrained(str(ckpt), config=cfg).eval()
+    pre, post = make_pre_post_processors(cfg.base_config, pretrained_path=str(ckpt))
+    torch.manual_seed(0)
+    wrapper.reset()
+    expected = post(wrapper.select_action(pre(obs)))
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", _LOAD_WITHOUT_PLUGIN, str(out), str(tmp_path / "obs.pt"), str(tmp_path / "act.pt")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "plugin importable: False" in run.stdout
+    assert torch.equal(torch.load(tmp_path / "act.pt", weights_only=True), expected)

@@ -67,7 +67,9 @@ class CRaFTPolicy(PreTrainedPolicy):
         train_cfg = _train_config()
         self._run_steps: int | None = int(train_cfg.steps) if train_cfg is not None else None
         self._metrics_path, self._log_freq = _metrics_destination(train_cfg)
-        if config.craft.enabled:
+        # A fresh run checks its anchor cache now, before step 1; a policy loaded from a
+        # checkpoint (eval, export, resume) opens it at its first training step instead.
+        if config.craft.enabled and config.pretrained_path is None:
             self._check_cache()
 
     # ------------------------------------------------------------------ set-up
@@ -108,6 +110,8 @@ class CRaFTPolicy(PreTrainedPolicy):
         output = dict(output or {})
         if not (self.training and self.config.craft.enabled and torch.is_grad_enabled()):
             return task_loss, output
+        if self._retention is None:
+            self._check_cache()
         hook = self._ensure_hook()
         loss, metrics = hook.surrogate(task_loss, self._retention)
         for key, value in metrics.items():
