@@ -22,16 +22,24 @@ the value and what is allowed; unknown keys are rejected with a "did you mean" h
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, ValidatorFunctionWrapHandler, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 __all__ = ["CraftConfig", "CraftConfigError"]
+
+logger = logging.getLogger(__name__)
+
+# Set while from_dict/from_file validate: they raise their own CraftConfigError, so the
+# wrap validator below need not also log.
+_QUIET = contextvars.ContextVar("craft_config_quiet", default=False)
 
 RetentionMode = Literal["hidden", "token_ce"]
 EpsilonScheduleKind = Literal["linear", "cosine", "exponential", "constant"]
@@ -104,6 +112,18 @@ class CraftConfig:
         description="Pooling strategies per layer, each giving one vector.",
     )
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _surface_errors(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # LeRobot's CLI parser (draccus) swallows a validation error into "Couldn't instantiate
+        # class CraftConfig"; log the readable message (field, value, what is allowed) first.
+        try:
+            return handler(data)
+        except ValidationError as err:
+            if not _QUIET.get():
+                logger.error(format_validation_error(err, "--policy.craft"))
+            raise
+
     @field_validator("layers", "pooling")
     @classmethod
     def _unique(cls, value: list[Any]) -> list[Any]:
@@ -132,10 +152,13 @@ class CraftConfig:
         """Validate a plain dict (as read from JSON/YAML or a ``craft:`` block)."""
         if not isinstance(data, dict):
             raise CraftConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+        token = _QUIET.set(True)
         try:
             return _ADAPTER.validate_python(data)
         except ValidationError as err:
             raise CraftConfigError(format_validation_error(err, source)) from err
+        finally:
+            _QUIET.reset(token)
 
     @classmethod
     def from_file(cls, path: str | Path) -> CraftConfig:

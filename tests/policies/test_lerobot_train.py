@@ -235,3 +235,17 @@ def test_export_loads_in_stock_lerobot_and_predicts_the_same_actions(world, tmp_
     assert run.returncode == 0, run.stderr[-3000:]
     assert "plugin importable: False" in run.stdout
     assert torch.equal(torch.load(tmp_path / "act.pt", weights_only=True), expected)
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("--policy.craft.retention_freq=0", "retention_freq=0: Input should be greater than or equal to 1"),
+        ("--policy.craft.pooling=[max]", "pooling.0='max': Input should be 'mean_image_tokens', 'mean_masked'"),
+        ("--policy.craft.retnetion_freq=2", "unrecognized arguments: --policy.craft.retnetion_freq=2"),
+    ],
+)
+def test_bad_craft_settings_stop_before_step_1_with_a_readable_message(world, tmp_path, arg, message):
+    res = _train(world, tmp_path / "run", *_craft_args(world), arg)
+    log = res.stdout + res.stderr
+    assert res.returncode != 0 and message in log and "step:1 " not in log
