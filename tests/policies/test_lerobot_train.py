@@ -241,7 +241,7 @@ def test_export_loads_in_stock_lerobot_and_predicts_the_same_actions(world, tmp_
     ("arg", "message"),
     [
         ("--policy.craft.retention_freq=0", "retention_freq=0: Input should be greater than or equal to 1"),
-        ("--policy.craft.pooling=[max]", "pooling.0='max': Input should be 'mean_image_tokens', 'mean_masked'"),
+        ("--policy.craft.pooling=[max]", "Cannot convert 'max' (<class 'str'>) into one of: mean_image_tokens, mean_masked"),
         ("--policy.craft.retnetion_freq=2", "unrecognized arguments: --policy.craft.retnetion_freq=2"),
     ],
 )
