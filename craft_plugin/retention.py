@@ -71,7 +71,29 @@ class _AnchorSampler:
         self.generator.set_state(state["generator"])
 
 
-class HiddenRetention:
+class _CachedRetention:
+    """What both modes share: the policy, the cache, the device and the seeded sampler."""
+
+    def __init__(
+        self, policy: nn.Module, cache: AnchorCache, config: CraftConfig, *, seed: int = 0, device: str | None = None
+    ) -> None:
+        self.policy = policy
+        self.cache = cache
+        self.config = config
+        self.device = device or str(next(policy.parameters()).device)
+        self.sampler = _AnchorSampler(cache, config.anchor_batch_size, seed)
+
+    def _inputs(self, batch: Any) -> dict[str, Tensor]:
+        return decode_inputs(batch.inputs, self.cache.manifest.input_keys, self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+
+
+class HiddenRetention(_CachedRetention):
     """``L_ret`` for hidden mode. Call it (no arguments) for one anchor batch's loss."""
 
     def __init__(
@@ -82,10 +104,6 @@ class HiddenRetention:
                 f"anchor cache {cache.directory} was built with --no-inputs (dataset indices only); "
                 "training from indices is not supported yet: rebuild it without --no-inputs"
             )
-        self.policy = policy
-        self.cache = cache
-        self.config = config
-        self.device = device or str(next(policy.parameters()).device)
         with make_tap(policy) as tap:
             cache.check_compatible(
                 retention_mode="hidden",
@@ -94,7 +112,7 @@ class HiddenRetention:
                 policy_type=_policy_type(policy),
                 num_layers=tap.num_layers,
             )
-        self.sampler = _AnchorSampler(cache, config.anchor_batch_size, seed)
+        super().__init__(policy, cache, config, seed=seed, device=device)
         self.mean: Tensor | None = None
         self.std: Tensor | None = None
         if config.feature_norm == "standardize":
@@ -115,9 +133,8 @@ class HiddenRetention:
             )
 
     def _features(self, batch: Any) -> Tensor:
-        inputs = decode_inputs(batch.inputs, self.cache.manifest.input_keys, self.device)
         with eval_mode(self.policy), make_tap(self.policy) as tap:
-            return tap.features(inputs, self.config.layers, self.config.pooling)
+            return tap.features(self._inputs(batch), self.config.layers, self.config.pooling)
 
     def __call__(self) -> Tensor:
         batch = self.sampler.next()
@@ -128,14 +145,8 @@ class HiddenRetention:
             teacher = standardize(teacher, self.mean, self.std)
         return hidden_loss(student, teacher, self.config.hidden_loss)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state["sampler"])
-
-
-class TokenCERetention:
+class TokenCERetention(_CachedRetention):
     """``L_ret`` for token_ce mode: the policy's own loss on a cached anchor batch."""
 
     def __init__(
@@ -144,24 +155,13 @@ class TokenCERetention:
         cache.check_compatible(
             retention_mode="token_ce", layers=config.layers, pooling=config.pooling, policy_type=_policy_type(policy)
         )
-        self.policy = policy
-        self.cache = cache
-        self.device = device or str(next(policy.parameters()).device)
-        self.sampler = _AnchorSampler(cache, config.anchor_batch_size, seed)
+        super().__init__(policy, cache, config, seed=seed, device=device)
 
     def __call__(self) -> Tensor:
-        batch = self.sampler.next()
-        inputs = decode_inputs(batch.inputs, self.cache.manifest.input_keys, self.device)
+        inputs = self._inputs(self.sampler.next())
         with eval_mode(self.policy):
             out = self.policy.forward(inputs)
-        loss = out[0] if isinstance(out, tuple) else out
-        return loss
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state["sampler"])
+        return out[0] if isinstance(out, tuple) else out
 
 
 def make_retention(
