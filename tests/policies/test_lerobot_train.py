@@ -249,3 +249,25 @@ def test_bad_craft_settings_stop_before_step_1_with_a_readable_message(world, tm
     res = _train(world, tmp_path / "run", *_craft_args(world), arg)
     log = res.stdout + res.stderr
     assert res.returncode != 0 and message in log and "step:1 " not in log
+
+
+def test_two_process_run_keeps_lambda_and_weights_identical_across_ranks(world, tmp_path):
+    """torchrun, 2 CPU processes (gloo): L_ret is averaged over ranks before the dual step."""
+    probe_dir = tmp_path / "probe"
+    probe_dir.mkdir()
+    cmd = [
+        str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29577",
+        str(Path(__file__).with_name("ddp_probe.py")), *_craft_args(world), "--policy.craft.lambda_lr=0.5",
+        "--policy.push_to_hub=false", "--policy.device=cpu", "--dataset.repo_id=local/tiny",
+        f"--dataset.root={world / 'data'}", f"--output_dir={tmp_path / 'run'}", "--steps=5", "--batch_size=2",
+        "--log_freq=1", "--save_freq=5", "--num_workers=0", "--wandb.enable=false",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(world / "hf"), "ACCELERATE_USE_CPU": "true",
+           "CRAFT_DDP_PROBE_DIR": str(probe_dir)}  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Effective batch size: 2 x 2 = 4" in res.stdout + res.stderr
+    r0, r1 = (json.loads((probe_dir / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert len(r0["lambda"]) == 5 and r0["lambda"] == r1["lambda"]
+    assert len(set(r0["lambda"])) > 1, "λ must have moved"
+    assert r0["weights_sha256"] == r1["weights_sha256"]

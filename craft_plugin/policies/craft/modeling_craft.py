@@ -18,6 +18,7 @@ Only parameters with ``requires_grad`` take part (PEFT adapters, ``train_expert_
 from __future__ import annotations
 
 import json
+import os
 import logging
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,8 @@ class CRaFTPolicy(PreTrainedPolicy):
                 "(build one with `craft build-cache`), or --policy.craft.enabled=false for plain fine-tuning"
             )
         cache = AnchorCache(c.anchor_cache_dir)
-        self._retention = make_retention(self.base, cache, c, device=str(self.config.device or "cpu"))
+        # Each process draws its own anchors (seed + rank); L_ret is averaged before the dual step.
+        self._retention = make_retention(self.base, cache, c, seed=_rank(), device=str(self.config.device or "cpu"))
 
     def _ensure_hook(self) -> CraftHook:
         if self._hook is None:
@@ -213,6 +215,12 @@ def _metrics_destination(cfg: Any) -> tuple[Path | None, int]:
     if cfg is None or cfg.output_dir is None:
         return None, 1
     return Path(cfg.output_dir) / METRICS_FILE, max(int(cfg.log_freq or 1), 1)
+
+
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
 
 
 def _is_main_process() -> bool:
