@@ -18,8 +18,8 @@ Only parameters with ``requires_grad`` take part (PEFT adapters, ``train_expert_
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
