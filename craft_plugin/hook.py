@@ -193,6 +193,10 @@ class CraftHook:
             table = per_tensor_stats(gt, gr)  # every dot product of the step, one read of each gradient
             # A NaN/inf anywhere in g_ret makes |g_ret|² non-finite: one check, no extra pass.
             finite = math.isfinite(float(table[:, 2].sum()))
+        # Every process joins the L_ret reduction on every retention step (a collective must
+        # not be skipped by one rank); a NaN from any rank makes the mean NaN, so all ranks
+        # then leave λ alone together.
+        l_ret_mean = self.reduce_fn(l_ret_value if finite else float("nan"))
         if not finite:
             # NaN/inf guard: weights get the task gradient only; λ is left untouched.
             logger.warning(
@@ -230,7 +234,7 @@ class CraftHook:
         proj_frac, energy_removed = proj.projected_frac, proj.energy_removed
         out = self._emit(proj.grads, idx, task_loss, surrogate)
         del proj
-        new_lam = self.multiplier.step(self.reduce_fn(l_ret_value), eps_t)
+        new_lam = self.multiplier.step(l_ret_mean, eps_t) if math.isfinite(l_ret_mean) else self.lam
         metrics.update(
             {
                 "lambda": new_lam,

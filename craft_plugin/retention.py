@@ -104,14 +104,15 @@ class HiddenRetention(_CachedRetention):
                 f"anchor cache {cache.directory} was built with --no-inputs (dataset indices only); "
                 "training from indices is not supported yet: rebuild it without --no-inputs"
             )
-        with make_tap(policy) as tap:
-            cache.check_compatible(
-                retention_mode="hidden",
-                layers=config.layers,
-                pooling=config.pooling,
-                policy_type=_policy_type(policy),
-                num_layers=tap.num_layers,
-            )
+        # One tap for the run: entered (hooks installed) only around each retention forward.
+        self.tap = make_tap(policy)
+        cache.check_compatible(
+            retention_mode="hidden",
+            layers=config.layers,
+            pooling=config.pooling,
+            policy_type=_policy_type(policy),
+            num_layers=self.tap.num_layers,
+        )
         super().__init__(policy, cache, config, seed=seed, device=device)
         self.mean: Tensor | None = None
         self.std: Tensor | None = None
@@ -133,8 +134,8 @@ class HiddenRetention(_CachedRetention):
             )
 
     def _features(self, batch: Any) -> Tensor:
-        with eval_mode(self.policy), make_tap(self.policy) as tap:
-            return tap.features(self._inputs(batch), self.config.layers, self.config.pooling)
+        with eval_mode(self.policy), self.tap:
+            return self.tap.features(self._inputs(batch), self.config.layers, self.config.pooling)
 
     def __call__(self) -> Tensor:
         batch = self.sampler.next()

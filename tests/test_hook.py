@@ -314,3 +314,22 @@ def test_reduce_fn_averages_l_ret_before_the_dual_step():
     task, retention = _losses(model, teacher, 0)
     m = hook.step(task, retention)
     assert seen == [m["L_ret"]] and m["lambda"] == pytest.approx(m["L_ret"] / 2, abs=1e-12)
+
+
+def test_every_retention_step_joins_the_reduction_and_a_nan_anywhere_freezes_lambda():
+    teacher = _mlp(seed=1)
+    model = _mlp(seed=0)
+    seen = []
+
+    def other_rank_was_nan(x: float) -> float:  # the collective every rank must join
+        seen.append(x)
+        return float("nan")
+
+    cfg = CraftConfig(lambda_lr=1.0, initial_lambda=0.5)
+    hook = CraftHook(model, cfg, total_steps=4, reduce_fn=other_rank_was_nan)
+    task, retention = _losses(model, teacher, 0)
+    m = hook.step(task, retention)  # locally finite, but the mean is NaN
+    assert math.isfinite(seen[0]) and m["lambda"] == 0.5 and hook.lam == 0.5
+    task, _ = _losses(model, teacher, 1)
+    m = hook.step(task, lambda: task * float("nan"))  # locally non-finite: still joins, with NaN
+    assert len(seen) == 2 and math.isnan(seen[1]) and m["nonfinite"] == 1.0 and hook.lam == 0.5

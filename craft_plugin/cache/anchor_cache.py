@@ -8,7 +8,6 @@ out of the memory-mapped shards.
 
 from __future__ import annotations
 
-import bisect
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,7 +120,7 @@ class AnchorCache:
         names = ["features", "index"] + [INPUT_PREFIX + k for k in (self._input_keys if with_inputs else [])]
         parts: dict[str, list[Tensor]] = {n: [] for n in names}
         order: list[np.ndarray] = []
-        shard_of = np.array([bisect.bisect_right(self._starts, int(i)) - 1 for i in idx], dtype=np.int64)
+        shard_of = np.searchsorted(self._starts, idx, side="right") - 1
         for s in np.unique(shard_of):
             positions = np.nonzero(shard_of == s)[0]
             local = idx[positions] - self._starts[s]

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,8 +124,10 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
     import lerobot
     from lerobot.configs.policies import PreTrainedConfig
     from lerobot.datasets.factory import resolve_delta_timestamps
+    from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+    from torch.utils.data import default_collate
     from tqdm.auto import tqdm
 
     import craft_plugin
@@ -155,14 +156,14 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
             f"--dataset.root {opts.dataset_root} has no meta/info.json: it is not a LeRobot dataset folder"
         )
     try:
-        meta_ds = LeRobotDataset(repo_id, root=opts.dataset_root)
+        # Metadata first (no frames read), then the one dataset with the policy's delta timestamps.
+        meta = LeRobotDatasetMetadata(repo_id, root=opts.dataset_root)
+        dataset = LeRobotDataset(repo_id, root=opts.dataset_root, delta_timestamps=resolve_delta_timestamps(cfg, meta))
     except Exception as err:  # hub / network / format errors from LeRobot
         raise ValueError(
             f"could not load the dataset (repo_id={opts.dataset_repo_id}, root={opts.dataset_root}): {err}. "
             "Without network access, pass --dataset.root pointing at a local copy."
         ) from err
-    delta = resolve_delta_timestamps(cfg, meta_ds.meta)
-    dataset = LeRobotDataset(repo_id, root=opts.dataset_root, delta_timestamps=delta) if delta else meta_ds
     n_frames = len(dataset)
     if opts.num_anchors < 1 or opts.num_anchors > n_frames:
         raise ValueError(f"--num-anchors must be in 1..{n_frames} (frames in the dataset), got {opts.num_anchors}")
@@ -173,7 +174,7 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
     layers_abs = tap.resolve_layers(opts.layers)
     pooling = list(opts.pooling or tap.default_pooling)
     with tap, torch.no_grad(), autocast:
-        probe = _preprocess(preprocessor, _collate([dataset[anchor_indices[0]]]), opts.device)
+        probe = _preprocess(preprocessor, default_collate([dataset[anchor_indices[0]]]), opts.device)
         feats = tap.features(probe, opts.layers, pooling)
         _, input_spec = encode_inputs(probe)
     root = Path(dataset.root)
@@ -217,7 +218,7 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
         pending = writer.pending()
         todo = sum(len(rows) for _, rows in pending)
         bar = tqdm(total=todo, unit="anchor", desc="build-cache", disable=not progress, dynamic_ncols=True)
-        loader_kwargs = {"num_workers": opts.num_workers, "collate_fn": _collate}
+        loader_kwargs = {"num_workers": opts.num_workers}
         with tap, torch.no_grad(), autocast:
             for k, rows in pending:
                 frames = [anchor_indices[r] for r in rows]
@@ -248,12 +249,6 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
         seconds=time.perf_counter() - t0,
         feature_shape=list(writer.manifest.feature_shape),
     )
-
-
-def _collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    from torch.utils.data import default_collate
-
-    return default_collate(list(items))
 
 
 def _preprocess(preprocessor: Any, raw: dict[str, Any], device: str) -> dict[str, Any]:

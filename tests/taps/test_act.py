@@ -12,6 +12,7 @@ import torch
 from craft_plugin.taps import make_tap, tap_for_type
 from craft_plugin.taps.act import ActTap
 from support.tiny_classic import leftover_hooks, make_batch, make_observation, make_tiny_act
+from support.tap_checks import check_deterministic_and_batch_independent
 
 B = 2
 N_LAYERS = 3
@@ -180,18 +181,8 @@ def test_no_hooks_remain_even_after_an_error(act, batch):
 
 def test_eval_extract_is_deterministic_and_cache_invariant(act, batch):
     policy, _, _ = act
-    with make_tap(policy) as tap, torch.no_grad():
-        a = tap.extract(batch, [0, 1, 2])
-        b = tap.extract(batch, [0, 1, 2])
-        for x, y in zip(a.hidden, b.hidden, strict=True):
-            assert torch.equal(x, y)
-        f1 = tap.features(batch, [-2, -1], ActTap.default_pooling)
-        f2 = tap.features(batch, [-2, -1], ActTap.default_pooling)
-        # A sample's features do not depend on the rest of its batch (anchors cached in any batch size).
-        alone = tap.features({k: v[:1] if torch.is_tensor(v) else v for k, v in batch.items()}, [-2, -1],
-                             ActTap.default_pooling)
-    assert torch.allclose(f1, f2, atol=1e-6, rtol=0)
-    assert torch.allclose(alone[0], f1[0], atol=1e-5, rtol=0)
+    with make_tap(policy) as tap:
+        check_deterministic_and_batch_independent(tap, batch, [0, 1, 2], ActTap.default_pooling)
 
 
 def test_features_carry_grad_for_the_student(act, batch):

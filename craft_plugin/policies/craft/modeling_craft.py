@@ -224,9 +224,7 @@ def _rank() -> int:
 
 
 def _is_main_process() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
+    return _rank() == 0
 
 
 def _mean_over_processes(value: float) -> float:
