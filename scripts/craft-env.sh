@@ -96,7 +96,7 @@ ensure() {
             "$venv/bin/uv" pip sync --compile-bytecode --python "$venv/bin/python" "$LOCK" >&2
         else
             log "no requirements.lock: resolving from pyproject.toml"
-            "$venv/bin/uv" pip install --compile-bytecode --python "$venv/bin/python" -e "$ROOT[test]" >&2
+            "$venv/bin/uv" pip install --compile-bytecode --python "$venv/bin/python" -e "$ROOT[test,demo]" >&2
         fi
         "$venv/bin/uv" pip install --python "$venv/bin/python" --no-deps -e "$ROOT" -e "$ROOT/lerobot_policy_craft" >&2
         printf '%s\n' "$want" >"$stamp"
@@ -119,8 +119,12 @@ lock() {
     # Re-resolve requirements.lock (needs `uv` on PATH or an existing environment's uv).
     local uv_bin
     uv_bin="$(command -v uv || true)"
-    [[ -z "$uv_bin" ]] && uv_bin="$(venv_path)/bin/uv"
-    "$uv_bin" pip compile "$ROOT/pyproject.toml" --extra test --python-version 3.12 \
+    [[ -z "$uv_bin" && -x "$(venv_path)/bin/uv" ]] && uv_bin="$(venv_path)/bin/uv"
+    if [[ -z "$uv_bin" ]]; then
+        log "make lock needs uv: pip install uv (or put an existing environment's bin/ on PATH)"
+        return 1
+    fi
+    "$uv_bin" pip compile "$ROOT/pyproject.toml" --extra test --extra demo --python-version 3.12 \
         --python-platform x86_64-unknown-linux-gnu --no-header -o "$LOCK" >&2
     log "wrote $LOCK"
 }
