@@ -214,5 +214,60 @@ def export_cmd(
     typer.echo(f"exported the {base_type} base policy to {out} (load it with --policy.path={out}; no plugin needed)")
 
 
+@app.command("eval-mcq")
+def eval_mcq_cmd(
+    policy_path: Annotated[
+        str, typer.Option("--policy.path", help="Checkpoint A: a LeRobot pretrained_model folder (pi0, pi05, pi0_fast, smolvla, craft) or a HF image-text-to-text model folder.")
+    ],
+    data: Annotated[Path, typer.Option("--data", help="MCQ JSONL file, one question a line.")],
+    compare: Annotated[str | None, typer.Option("--compare", help="Checkpoint B, scored on the same questions and compared with A.")] = None,
+    image_root: Annotated[Path | None, typer.Option("--image-root", help="Folder relative image paths resolve against (default: the JSONL's folder).")] = None,
+    max_samples: Annotated[int | None, typer.Option("--max-samples", min=1, help="Score only the first N valid questions.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Rows (choices) per forward pass.")] = 8,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps ...")] = "cpu",
+    dtype: Annotated[str | None, typer.Option("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="Write the JSON report (settings, metrics, every question) here.")] = None,
+    normalize: Annotated[str, typer.Option("--normalize", help="Prediction score: none (summed log-prob) or length (per-token mean). Both are reported.")] = "none",
+    naive: Annotated[bool, typer.Option("--naive", help="Reference path: run every choice's whole sequence from scratch.")] = False,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Score the valid lines and report the invalid ones, instead of stopping.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap confidence intervals.")] = 0,
+) -> None:
+    """Score each choice's log-likelihood given image + question; accuracy, margins, A/B comparison."""
+    import logging
+
+    from craft_plugin.mcq.data import MCQDataError
+    from craft_plugin.mcq.evaluate import EvalOptions, format_summary, run_eval_mcq
+
+    if normalize not in ("none", "length"):
+        raise typer.BadParameter(f"{normalize!r} is not one of: none, length", param_hint="--normalize")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    opts = EvalOptions(
+        policy_path=policy_path,
+        data=str(data),
+        compare_path=compare,
+        image_root=str(image_root) if image_root else None,
+        max_samples=max_samples,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        output=str(output) if output else None,
+        normalize=normalize,
+        naive=naive,
+        skip_invalid=skip_invalid,
+        seed=seed,
+    )
+    try:
+        report = run_eval_mcq(opts)
+    except MCQDataError as err:
+        typer.echo(f"craft eval-mcq: {err}", err=True)
+        raise typer.Exit(code=2) from err
+    except (ValueError, FileNotFoundError) as err:
+        typer.echo(f"craft eval-mcq: {err}", err=True)
+        raise typer.Exit(code=2) from err
+    typer.echo(format_summary(report))
+    if output:
+        typer.echo(f"report written to {output}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
