@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 from craft_plugin.cache.builder import BuildOptions, build_cache
+from support.train_log import parse_steps as _steps
 
 BIN = Path(sys.executable).parent
 FIELDS = ("L_ret", "lambda", "epsilon", "dot", "cos", "conflict", "proj_frac")
@@ -52,15 +52,6 @@ def _craft_args(world: Path, *extra: str) -> list[str]:
         f"--policy.craft.anchor_cache_dir={world / 'cache'}", "--policy.craft.anchor_batch_size=4",
         "--policy.craft.pooling=[mean_image_tokens,cls_token]", *extra,
     ]  # fmt: skip
-
-
-def _steps(log: str) -> list[dict[str, float]]:
-    rows = []
-    for line in log.splitlines():
-        m = re.search(r"step:(\d+) .*", line)
-        if m and "loss:" in line:
-            rows.append({k: float(v) for k, v in re.findall(r"(\w+):(-?[0-9.]+(?:e[-+]?\d+)?)", m.group(0))})
-    return rows
 
 
 def test_discover_packages_path_runs_craft_with_every_log_field(world, tmp_path):
