@@ -37,3 +37,84 @@ def reach_sets(demo_cache: Path):
     from craft_plugin.demo.metaworld_data import task_datasets
 
     return task_datasets("reach-v3", 2, 1, demo_cache, render=RENDER, progress=False)
+
+
+def _policy_features(dataset) -> tuple[dict, dict]:
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    meta = dataset.load().meta
+    h, w, c = meta.features["observation.images.cam"]["shape"]
+    inputs = {
+        "observation.images.cam": PolicyFeature(type=FeatureType.VISUAL, shape=(c, h, w)),
+        "observation.state": PolicyFeature(type=FeatureType.STATE, shape=tuple(meta.features["observation.state"]["shape"])),
+    }
+    outputs = {"action": PolicyFeature(type=FeatureType.ACTION, shape=(4,))}
+    return inputs, outputs
+
+
+def _save(policy, pre, post, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    policy.save_pretrained(directory)
+    pre.save_pretrained(directory)
+    post.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def act_checkpoint(tmp_path_factory: pytest.TempPathFactory, push_sets) -> Path:
+    """A tiny random-weight ACT (dim 32, chunk 5, ResNet-18 from scratch) saved as a
+    ``pretrained_model`` folder, with the push training set's normalization statistics."""
+    import torch
+    from lerobot.policies.act.configuration_act import ACTConfig
+    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+    inputs, outputs = _policy_features(push_sets[0])
+    config = ACTConfig(
+        input_features=inputs,
+        output_features=outputs,
+        device="cpu",
+        chunk_size=5,
+        n_action_steps=5,
+        pretrained_backbone_weights=None,
+        dim_model=32,
+        n_heads=4,
+        dim_feedforward=64,
+        n_encoder_layers=1,
+        n_decoder_layers=1,
+        use_vae=False,
+        push_to_hub=False,
+    )
+    torch.manual_seed(0)
+    policy = get_policy_class("act")(config)
+    pre, post = make_pre_post_processors(config, dataset_stats=push_sets[0].load().meta.stats)
+    return _save(policy, pre, post, tmp_path_factory.mktemp("act") / "pretrained_model")
+
+
+@pytest.fixture(scope="session")
+def craft_checkpoint(tmp_path_factory: pytest.TempPathFactory, act_checkpoint: Path) -> Path:
+    """A ``craft``-type checkpoint wrapping the tiny ACT (CRaFT off: no anchor cache needed)."""
+    import craft_plugin.policies  # noqa: F401
+    from lerobot.policies.factory import make_pre_post_processors
+
+    from craft_plugin.config import CraftConfig
+    from craft_plugin.policies.craft.configuration_craft import CRaFTConfig
+    from craft_plugin.policies.craft.modeling_craft import CRaFTPolicy
+
+    cfg = CRaFTConfig(base_path=str(act_checkpoint), craft=CraftConfig(enabled=False), device="cpu", push_to_hub=False)
+    policy = CRaFTPolicy(cfg)
+    pre, post = make_pre_post_processors(cfg.base_config, pretrained_path=str(act_checkpoint))
+    return _save(policy, pre, post, tmp_path_factory.mktemp("craft") / "pretrained_model")
+
+
+@pytest.fixture(scope="session")
+def smolvla_checkpoint(tmp_path_factory: pytest.TempPathFactory, push_sets) -> Path:
+    """A tiny random-weight SmolVLA (tests/support/tiny_smolvla.py) on the demo's features."""
+    from lerobot.policies.factory import make_pre_post_processors
+    from support.tiny_smolvla import build_tiny_vlm_folder, make_tiny_smolvla
+
+    root = tmp_path_factory.mktemp("smolvla")
+    inputs, outputs = _policy_features(push_sets[0])
+    vlm = build_tiny_vlm_folder(root / "vlm")
+    policy, _, _ = make_tiny_smolvla(seed=0, vlm_folder=vlm, input_features=inputs, output_features=outputs)
+    pre, post = make_pre_post_processors(policy.config, dataset_stats=push_sets[0].load().meta.stats)
+    return _save(policy, pre, post, root / "pretrained_model")

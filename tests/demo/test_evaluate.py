@@ -1,0 +1,145 @@
+"""Held-out action error and simulated success, on real Meta-World data and real LeRobot policies."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from craft_plugin.demo import evaluate as ev
+
+
+# ---------------------------------------------------------------------- Wilson
+@pytest.mark.parametrize(
+    ("k", "n", "expected"),
+    [
+        # Hand-computed: center = (p + z²/2n)/(1 + z²/n), half = z·sqrt(p(1-p)/n + z²/4n²)/(1 + z²/n)
+        (5, 20, (0.11186, 0.46870)),
+        (0, 10, (0.0, 0.27753)),
+        (10, 10, (0.72247, 1.0)),
+        (1, 2, (0.09453, 0.90547)),
+    ],
+)
+def test_wilson_interval_matches_hand_computed_values(k: int, n: int, expected: tuple[float, float]) -> None:
+    lo, hi = ev.wilson_interval(k, n)
+    assert lo == pytest.approx(expected[0], abs=5e-5)
+    assert hi == pytest.approx(expected[1], abs=5e-5)
+
+
+def test_wilson_interval_edge_cases() -> None:
+    assert ev.wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        ev.wilson_interval(3, 2)
+    lo, hi = ev.wilson_interval(50, 100)
+    assert lo + hi == pytest.approx(1.0)  # symmetric at p = 0.5
+
+
+# ---------------------------------------------------------------------- oracle policies
+class _Oracle:
+    """Returns the expert's recorded actions (looked up by the frame's dataset index)."""
+
+    def __init__(self, actions: np.ndarray, chunk: int, offset: float = 0.0, n_obs_steps: int = 1) -> None:
+        self.actions = torch.as_tensor(actions, dtype=torch.float32)
+        self.chunk = chunk
+        self.offset = torch.tensor([offset, 0.0, 0.0, 0.0])
+        self.config = SimpleNamespace(type="oracle", input_features={}, n_obs_steps=n_obs_steps)
+        self._seen: list[int] = []
+
+    def reset(self) -> None:
+        pass
+
+    def predict_action_chunk(self, batch: dict) -> torch.Tensor:
+        idx = batch["index"].long()
+        steps = idx[:, None] + torch.arange(self.chunk)[None]
+        out = self.actions[steps.clamp(max=len(self.actions) - 1)] + self.offset
+        out[steps >= len(self.actions)] = 100.0
+        # Past an episode's end the oracle runs into the next episode's actions: those
+        # steps must not be compared (they are not the expert's continuation).
+        return out
+
+    def select_action(self, batch: dict) -> torch.Tensor:
+        return self.actions[batch["index"].long()] + self.offset
+
+
+def _identity(x):
+    return x
+
+
+def test_oracle_action_error_is_zero_and_offset_is_exact(push_sets) -> None:
+    heldout = push_sets[0]  # two episodes: chunks must stop at the episode boundary
+    actions = np.asarray(heldout.load().hf_dataset["action"], dtype=np.float32)
+    oracle = ev.LoadedPolicy(_Oracle(actions, chunk=7), _identity, _identity)
+    res = ev.action_error(oracle, heldout, batch_size=16, progress=False)
+    assert res.method == "chunk" and res.chunk == 7
+    assert res.l1 == 0.0 and res.l1_first == 0.0
+    assert res.frames == heldout.frames and res.episodes == 2
+    # every frame compares min(7, frames left in its episode) steps
+    lengths = [e["length"] for e in heldout.info["episodes"]]
+    assert res.compared == sum(min(7, L - t) for L in lengths for t in range(L))
+
+    shifted = ev.LoadedPolicy(_Oracle(actions, chunk=7, offset=0.1), _identity, _identity)
+    res = ev.action_error(shifted, heldout, batch_size=16, progress=False)
+    assert res.l1 == pytest.approx(0.1 / 4, abs=1e-6)  # 0.1 on one of 4 dimensions
+    assert res.l1_first == pytest.approx(0.1 / 4, abs=1e-6)
+    assert res.per_dimension == pytest.approx([0.1, 0.0, 0.0, 0.0], abs=1e-6)
+
+
+def test_oracle_sequential_method(push_sets) -> None:
+    heldout = push_sets[1]
+    actions = np.asarray(heldout.load().hf_dataset["action"], dtype=np.float32)
+    oracle = ev.LoadedPolicy(_Oracle(actions, chunk=1, offset=-0.2, n_obs_steps=2), _identity, _identity)
+    res = ev.action_error(oracle, heldout, max_frames=30, progress=False)  # auto: history -> sequential
+    assert res.method == "sequential" and res.frames == 30 and res.compared == 30
+    assert res.l1 == pytest.approx(0.05, abs=1e-6)
+
+
+# ---------------------------------------------------------------------- real policies
+def test_act_checkpoint_action_error_and_rollouts(act_checkpoint, push_sets, reach_sets) -> None:
+    loaded = ev.load_policy(act_checkpoint)
+    assert loaded.type == "act"
+    res = ev.action_error(loaded, push_sets[1], progress=False)
+    assert res.method == "chunk" and res.chunk == 5
+    assert math.isfinite(res.l1) and res.l1 > 0.0
+    again = ev.action_error(loaded, push_sets[1], progress=False)
+    assert again.l1 == pytest.approx(res.l1, rel=1e-6)  # deterministic
+
+    out = ev.rollout_success(loaded, "reach-v3", episodes=2, max_steps=15, like=reach_sets[1], progress=False)
+    assert out.episodes == 2 and len(out.success_steps) == 2 and out.max_steps == 15
+    assert out.env_steps == sum(15 if s < 0 else s for s in out.success_steps)
+    assert out.ci95 == pytest.approx(ev.wilson_interval(out.successes, 2))
+    assert out.seeds == [200_000, 200_001]  # the rollout split, disjoint from train / held-out
+    assert out.steps_per_s > 0
+
+
+def test_craft_checkpoint_evaluates_like_its_base(act_checkpoint, craft_checkpoint, push_sets) -> None:
+    base = ev.action_error(ev.load_policy(act_checkpoint), push_sets[1], progress=False)
+    wrapped = ev.load_policy(craft_checkpoint)
+    assert wrapped.type == "craft"
+    res = ev.action_error(wrapped, push_sets[1], progress=False)
+    assert res.l1 == pytest.approx(base.l1, rel=1e-6)
+    out = ev.evaluate_checkpoint_action_error(craft_checkpoint, {"A": push_sets[1]}, progress=False)
+    assert out["A"]["l1"] == pytest.approx(base.l1, rel=1e-6) and out["A"]["load_seconds"] > 0
+
+
+def test_policy_expecting_other_inputs_is_refused(act_checkpoint, push_sets) -> None:
+    loaded = ev.load_policy(act_checkpoint)
+    with pytest.raises(ValueError, match="same state_mode"):
+        ev.rollout_success(loaded, "push-v3", episodes=1, max_steps=2, state_mode="agent", progress=False)
+    with pytest.raises(FileNotFoundError, match="did you mean"):
+        ev.load_policy(act_checkpoint.parent)
+
+
+def test_tiny_smolvla_checkpoint_action_error(smolvla_checkpoint, push_sets) -> None:
+    """A VLA (tiny SmolVLA, random weights, offline) takes image + state + instruction."""
+    loaded = ev.load_policy(smolvla_checkpoint)
+    assert loaded.type == "smolvla"
+    res = ev.action_error(loaded, push_sets[1], max_frames=24, batch_size=12, progress=False)
+    assert res.method == "chunk" and res.chunk == 4 and res.frames == 24
+    assert math.isfinite(res.l1) and res.l1 > 0
+    again = ev.action_error(loaded, push_sets[1], max_frames=24, batch_size=12, progress=False)
+    assert again.l1 == pytest.approx(res.l1, rel=1e-5)  # seeded flow-matching noise
+    out = ev.rollout_success(loaded, "push-v3", episodes=1, max_steps=6, like=push_sets[1], progress=False)
+    assert out.env_steps == 6 and out.successes == 0
