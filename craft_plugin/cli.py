@@ -269,5 +269,30 @@ def eval_mcq_cmd(
         typer.echo(f"report written to {output}")
 
 
+@app.command("report")
+def report_cmd(
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="Run folders (each with eval.json, train.log and/or craft_metrics.jsonl)."),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for report.md, report.json and the PNG plots.")
+    ] = Path("craft-report"),
+    base: Annotated[
+        str | None,
+        typer.Option("--base", help="The reference run for forgetting (method or folder name); default: eval.json role 'base'."),
+    ] = None,
+) -> None:
+    """Compare runs: a table (report.md) and plots of task loss, L_ret vs ε, λ, conflicts, forgetting."""
+    from craft_plugin.demo.report import build_report
+
+    try:
+        result = build_report(run_dirs, output, base=base)
+    except (FileNotFoundError, ValueError) as err:
+        typer.echo(f"craft report: {err}", err=True)
+        raise typer.Exit(code=2) from err
+    drawn = [name for name in result.plots.values() if name]
+    typer.echo(f"report: {result.markdown} ({len(result.rows)} method(s)); plots: {', '.join(drawn) or 'none'}")
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,658 @@
+"""``craft report RUN_DIR...``: the comparison table (``report.md``, ``report.json``) and plots.
+
+What a run directory holds (the demo writes it; every file is optional but ``eval.json`` or a
+log must be there):
+
+* ``train.log`` — ``lerobot-train``'s console output, tee'd by the demo. Lines such as
+  ``step:4 smpl:16 ep:1 epch:0.50 loss:0.123 grdn:1.2 lr:1.0e-05 updt_s:0.2 data_s:0.0``
+  give the task-loss curve of *every* run (a ``craft`` run logs its task loss as ``loss``).
+  LeRobot prints ``step`` with a K/M suffix from 1000 on (``step:2K``); such steps are rebuilt
+  from the logging interval seen before (see :func:`parse_train_log`).
+* ``craft_metrics.jsonl`` — ``craft`` runs only: one JSON object per logged step (``step``,
+  ``L_task``, ``lambda``, ``epsilon``, ``retention_step`` and, on retention steps, ``L_ret``,
+  ``dot``, ``cos``, ``conflict``, ``proj_frac``, ``energy_removed``, ``nonfinite``).
+* ``eval.json`` — this module's schema (version 1), written with :func:`update_eval_json`::
+
+    {
+      "schema": 1,
+      "method": "naive",              # label in the table and plots (default: the folder name)
+      "role": "finetune",             # or "base": the reference for forgetting
+      "seed": 0,                      # runs are matched to the base of the same seed
+      "train_seconds": 123.4,         # wall time of the training run
+      "steps": 200,
+      "action_error": {"A": {"task": "push-v3", "l1": 0.05, ...}, "B": {...}},   # ActionErrorResult.to_dict()
+      "success": {"A": {"successes": 5, "episodes": 20, "rate": 0.25, "ci95": [0.11, 0.47], ...}, "B": {...}},
+      "mcq": {"accuracy": 0.8, "ci95": [0.7, 0.9], "paired_diff_vs_naive": 0.1,
+              "paired_ci95_vs_naive": [0.02, 0.18], "mcnemar_p": 0.03, "source": "mcq.json"},
+      "storage_bytes": {"checkpoint": 48000000, "cache": 1200000}
+    }
+
+  ``mcq`` can be filled from a ``craft eval-mcq --output`` file with :func:`mcq_summary`
+  (read defensively: ``checkpoints.<label>.metrics.accuracy`` / ``accuracy_ci`` and
+  ``comparison.accuracy_diff`` / ``accuracy_diff_ci`` / ``mcnemar_p`` when there, else a
+  top-level ``accuracy``). When ``storage_bytes.checkpoint`` is missing, the size of
+  ``checkpoints/last/pretrained_model`` is used if present.
+
+Definitions in the table: *final task loss* is the last logged training loss (LeRobot's value
+is the mean over its logging window). *Forgetting* is the task-A held-out action L1 of the run
+minus the base's (same seed when several bases are given): positive means it forgot; the ratio
+to the base's error is shown too. Success-rate forgetting is the base's task-A success minus
+the run's. Runs with the same method are aggregated: mean, and ± sample standard deviation
+when there are several.
+
+Plots (PNG, matplotlib Agg): ``task_loss.png`` (all runs), ``retention.png`` (``L_ret`` and ε
+over steps, craft runs), ``lambda.png`` (λ), ``conflict.png`` (share of retention steps whose
+gradients conflicted, rolling), ``forgetting_vs_b.png`` (forgetting against task-B error, per
+method). A plot whose data no run has (e.g. no craft run) is not drawn; ``report.md`` says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EVAL_FILE",
+    "LOG_FILE",
+    "METRICS_FILE",
+    "RunData",
+    "build_report",
+    "dir_bytes",
+    "load_run",
+    "mcq_summary",
+    "parse_train_log",
+    "read_metrics_jsonl",
+    "update_eval_json",
+]
+
+EVAL_FILE = "eval.json"
+LOG_FILE = "train.log"
+METRICS_FILE = "craft_metrics.jsonl"
+SCHEMA = 1
+
+
+# ---------------------------------------------------------------------- eval.json
+def update_eval_json(run_dir: str | os.PathLike[str], updates: Mapping[str, Any]) -> Path:
+    """Merge ``updates`` into ``RUN_DIR/eval.json`` (dict sections merged one level deep, e.g.
+    ``{"action_error": {"A": ...}}`` keeps an existing ``"B"``); written to a temp name, renamed."""
+    path = Path(run_dir) / EVAL_FILE
+    data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"schema": SCHEMA}
+    for key, value in updates.items():
+        if isinstance(value, Mapping) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    data["schema"] = SCHEMA
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)) and math.isfinite(float(value)):
+        return float(value)
+    return None
+
+
+def _pair(value: Any) -> list[float] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_number(v) is not None for v in value):
+        return [float(value[0]), float(value[1])]
+    return None
+
+
+def mcq_summary(path: str | os.PathLike[str], label: str | None = None) -> dict[str, Any]:
+    """Accuracy (and the paired difference when there is one) of one checkpoint from a
+    ``craft eval-mcq --output`` JSON, as this schema's ``mcq`` section.
+
+    With ``--policy.path NAIVE --compare RUN`` the run is checkpoint ``B`` and the comparison
+    (B − A) is its paired difference against naive; with a single checkpoint only its accuracy
+    is taken. ``label`` picks a checkpoint explicitly. Unknown layouts fall back to a top-level
+    ``accuracy``; a file without any accuracy raises ``ValueError``.
+    """
+    src = Path(path)
+    data = json.loads(src.read_text())
+    out: dict[str, Any] = {"source": str(src)}
+    checkpoints = data.get("checkpoints") if isinstance(data, dict) else None
+    comparison = data.get("comparison") if isinstance(data, dict) else None
+    if isinstance(checkpoints, dict) and checkpoints:
+        labels = list(checkpoints)
+        chosen = label or (labels[1] if len(labels) > 1 and comparison else labels[0])
+        if chosen not in checkpoints:
+            raise ValueError(f"{src}: no checkpoint {chosen!r} (has {labels})")
+        block = checkpoints[chosen]
+        metrics = block.get("metrics", block) if isinstance(block, dict) else {}
+        out["accuracy"] = _number(metrics.get("accuracy"))
+        out["ci95"] = _pair(metrics.get("accuracy_ci"))
+        out["checkpoint"] = block.get("path") if isinstance(block, dict) else None
+        if isinstance(comparison, dict) and len(labels) > 1 and chosen == labels[1]:
+            out["paired_diff_vs_naive"] = _number(comparison.get("accuracy_diff"))
+            out["paired_ci95_vs_naive"] = _pair(comparison.get("accuracy_diff_ci"))
+            out["mcnemar_p"] = _number(comparison.get("mcnemar_p"))
+            ref = checkpoints[labels[0]]
+            out["naive_checkpoint"] = ref.get("path") if isinstance(ref, dict) else None
+            naive_metrics = ref.get("metrics", ref) if isinstance(ref, dict) else {}
+            out["naive_accuracy"] = _number(naive_metrics.get("accuracy"))
+    elif isinstance(data, dict):
+        out["accuracy"] = _number(data.get("accuracy"))
+        out["ci95"] = _pair(data.get("accuracy_ci") or data.get("ci95"))
+    if out.get("accuracy") is None:
+        raise ValueError(f"{src}: no accuracy found (expected checkpoints.<label>.metrics.accuracy or accuracy)")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+# ---------------------------------------------------------------------- logs
+_STEP_LINE = re.compile(r"\bstep:(\S+)\s+smpl:")
+_FIELD = re.compile(r"(?<![\w.])([A-Za-z_][\w/]*):(-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)([KMBTQ]?)(?=\s|$)")
+_SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12, "Q": 1e15}
+
+
+def parse_train_log(text: str) -> list[dict[str, float]]:
+    """The logged training steps of a ``lerobot-train`` console log, one dict per line:
+    ``{"step": 4, "smpl": 16, "loss": 0.123, "grdn": 1.2, "lr": 1e-05, "updt_s": 0.2, ...}``.
+
+    K/M suffixes are expanded. LeRobot rounds ``step`` to whole thousands from 1000 on
+    (``step:1K`` for 1000..1499): such steps are rebuilt as ``last exact step + k·interval``
+    with the logging interval seen among exact steps, kept when consistent with the rounded
+    value (else the rounded value is used and a warning logged).
+    """
+    rows: list[dict[str, float]] = []
+    rounded: list[float] = []  # 0 for an exact step, else the suffix's multiplier (1000 for K)
+    for line in text.splitlines():
+        m = _STEP_LINE.search(line)
+        if not m or "loss:" not in line:
+            continue
+        row = {}
+        for name, num, suffix in _FIELD.findall(line[m.start():]):
+            row[name] = float(num) * _SUFFIX[suffix]
+        if "step" not in row or "loss" not in row:
+            continue
+        rows.append(row)
+        token = m.group(1)
+        rounded.append(0.0 if re.fullmatch(r"\d+", token) else _SUFFIX.get(token[-1:], 1.0))
+    exact = [int(r["step"]) for r, rd in zip(rows, rounded, strict=True) if not rd]
+    diffs = [b - a for a, b in zip(exact, exact[1:], strict=False) if b > a]
+    interval = statistics.mode(diffs) if diffs else None
+    last_exact: int | None = None
+    k = 0
+    for row, multiplier in zip(rows, rounded, strict=True):
+        if not multiplier:
+            last_exact, k = int(row["step"]), 0
+            continue
+        k += 1
+        if interval is not None and last_exact is not None:
+            guess = last_exact + k * interval
+            if abs(guess - row["step"]) <= multiplier / 2:  # "2K" stands for 1500..2499
+                row["step"] = float(guess)
+                continue
+        logger.warning("train.log: step %g is rounded by LeRobot and could not be rebuilt", row["step"])
+    for row in rows:
+        row["step"] = float(int(row["step"]))
+    return rows
+
+
+def read_metrics_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a ``craft_metrics.jsonl``; a torn last line (run killed mid-write) is skipped."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                logger.warning("%s line %d is not JSON; skipped", path, n)
+    return rows
+
+
+def dir_bytes(path: str | os.PathLike[str]) -> int:
+    """Total size of the files under ``path`` (0 when it does not exist)."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else 0
+
+
+# ---------------------------------------------------------------------- runs
+@dataclass
+class RunData:
+    """Everything the report reads from one run directory."""
+
+    path: Path
+    method: str
+    role: str
+    seed: int | None
+    eval: dict[str, Any] = field(default_factory=dict)
+    log_rows: list[dict[str, float]] = field(default_factory=list)
+    metrics_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.method if self.seed is None else f"{self.method} (seed {self.seed})"
+
+    def loss_curve(self) -> tuple[list[float], list[float], str]:
+        """``(steps, task loss, source)``: the log's ``loss``, else the jsonl's ``L_task``."""
+        pts = [(r["step"], r["loss"]) for r in self.log_rows if _number(r.get("loss")) is not None]
+        if pts:
+            return [p[0] for p in pts], [p[1] for p in pts], LOG_FILE
+        pts = [(r["step"], r["L_task"]) for r in self.metrics_rows if _number(r.get("L_task")) is not None]
+        return [float(p[0]) for p in pts], [float(p[1]) for p in pts], METRICS_FILE
+
+    def final_loss(self) -> float | None:
+        _, losses, _ = self.loss_curve()
+        return losses[-1] if losses else None
+
+    def retention_rows(self) -> list[dict[str, Any]]:
+        return [r for r in self.metrics_rows if _number(r.get("L_ret")) is not None]
+
+    def error(self, role: str) -> float | None:
+        return _number((self.eval.get("action_error") or {}).get(role, {}).get("l1"))
+
+    def success(self, role: str) -> dict[str, Any] | None:
+        s = (self.eval.get("success") or {}).get(role)
+        return s if isinstance(s, dict) and _number(s.get("rate")) is not None else None
+
+    def storage(self, kind: str) -> int | None:
+        value = _number((self.eval.get("storage_bytes") or {}).get(kind))
+        if value is None and kind == "checkpoint":
+            size = dir_bytes(self.path / "checkpoints" / "last" / "pretrained_model")
+            return size or None
+        return int(value) if value is not None else None
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> RunData:
+    """Read one run directory (see the module docstring for what it holds)."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run directory {path} does not exist")
+    ev: dict[str, Any] = {}
+    if (path / EVAL_FILE).is_file():
+        try:
+            ev = json.loads((path / EVAL_FILE).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path / EVAL_FILE} is not valid JSON: {err}") from err
+        if not isinstance(ev, dict):
+            raise ValueError(f"{path / EVAL_FILE} must hold a JSON object")
+    log_rows = parse_train_log((path / LOG_FILE).read_text(errors="replace")) if (path / LOG_FILE).is_file() else []
+    metrics = read_metrics_jsonl(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else []
+    if not ev and not log_rows and not metrics:
+        raise FileNotFoundError(
+            f"{path} holds none of {EVAL_FILE}, {LOG_FILE} (tee lerobot-train's output there) or {METRICS_FILE}"
+        )
+    method = str(ev.get("method") or path.name)
+    role = str(ev.get("role") or ("base" if method == "base" else "finetune"))
+    seed = ev.get("seed")
+    return RunData(path, method, role, int(seed) if isinstance(seed, int) else None, ev, log_rows, metrics)
+
+
+# ---------------------------------------------------------------------- aggregation
+def _mean_sd(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return None, None, 0
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None), len(vals)
+
+
+def _base_for(run: RunData, bases: Sequence[RunData]) -> RunData | None:
+    if not bases:
+        return None
+    same = [b for b in bases if b.seed is not None and b.seed == run.seed]
+    return same[0] if same else bases[0]
+
+
+def _method_rows(runs: Sequence[RunData], bases: Sequence[RunData]) -> list[dict[str, Any]]:
+    methods: dict[str, list[RunData]] = {}
+    for run in runs:
+        methods.setdefault(run.method, []).append(run)
+    rows = []
+    for method, group in methods.items():
+        is_base = all(r.role == "base" for r in group)
+        forgetting, ratio, succ_forget = [], [], []
+        for r in group:
+            base = None if is_base else _base_for(r, bases)
+            ea, ba = r.error("A"), base.error("A") if base else None
+            if ea is not None and ba is not None:
+                forgetting.append(ea - ba)
+                ratio.append(ea / ba if ba > 0 else None)
+            sa, bsa = r.success("A"), base.success("A") if base else None
+            if sa is not None and bsa is not None:
+                succ_forget.append(float(bsa["rate"]) - float(sa["rate"]))
+        row: dict[str, Any] = {"method": method, "role": "base" if is_base else "finetune", "runs": len(group)}
+        row["runs_dirs"] = [str(r.path) for r in group]
+        for key, values in {
+            "train_seconds": [_number(r.eval.get("train_seconds")) for r in group],
+            "final_task_loss": [r.final_loss() for r in group],
+            "error_A": [r.error("A") for r in group],
+            "error_B": [r.error("B") for r in group],
+            "forgetting_A": forgetting,
+            "forgetting_ratio_A": ratio,
+            "success_forgetting_A": succ_forget,
+            "success_A": [_number((r.success("A") or {}).get("rate")) for r in group],
+            "success_B": [_number((r.success("B") or {}).get("rate")) for r in group],
+            "mcq_accuracy": [_number((r.eval.get("mcq") or {}).get("accuracy")) for r in group],
+            "mcq_paired_diff": [_number((r.eval.get("mcq") or {}).get("paired_diff_vs_naive")) for r in group],
+            "storage_cache": [r.storage("cache") for r in group],
+            "storage_checkpoint": [r.storage("checkpoint") for r in group],
+        }.items():
+            mean, sd, n = _mean_sd(v for v in values if v is None or isinstance(v, (int, float)))
+            row[key] = {"mean": mean, "sd": sd, "n": n}
+        if len(group) == 1:  # intervals belong to a single run
+            r = group[0]
+            for role in ("A", "B"):
+                s = r.success(role)
+                if s is not None:
+                    row[f"success_{role}"]["ci95"] = _pair(s.get("ci95"))
+                    row[f"success_{role}"]["k"] = s.get("successes")
+                    row[f"success_{role}"]["n_episodes"] = s.get("episodes")
+            mcq = r.eval.get("mcq") or {}
+            row["mcq_accuracy"]["ci95"] = _pair(mcq.get("ci95"))
+            row["mcq_paired_diff"]["ci95"] = _pair(mcq.get("paired_ci95_vs_naive"))
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------- formatting
+def _fmt(stat: Mapping[str, Any], spec: str = ".4f", scale: float = 1.0, suffix: str = "") -> str:
+    mean = stat.get("mean")
+    if mean is None:
+        return "—"
+    text = f"{mean * scale:{spec}}{suffix}"
+    if stat.get("sd") is not None:
+        text += f" ± {stat['sd'] * scale:{spec}}"
+    return text
+
+
+def _fmt_seconds(stat: Mapping[str, Any]) -> str:
+    mean = stat.get("mean")
+    if mean is None:
+        return "—"
+    text = f"{mean:.0f} s" if mean >= 10 else f"{mean:.1f} s"
+    return text + (f" ± {stat['sd']:.0f}" if stat.get("sd") is not None else "")
+
+
+def _fmt_bytes(stat: Mapping[str, Any]) -> str:
+    mean = stat.get("mean")
+    if mean is None:
+        return "—"
+    return f"{mean / 2**20:.1f} MiB" if mean >= 2**20 else f"{mean / 1024:.1f} KiB"
+
+
+def _fmt_success(stat: Mapping[str, Any]) -> str:
+    text = _fmt(stat, ".0f", 100.0, "%")
+    if text != "—" and stat.get("ci95"):
+        lo, hi = stat["ci95"]
+        text += f" [{lo * 100:.0f}–{hi * 100:.0f}]"
+        if stat.get("k") is not None:
+            text += f" ({stat['k']}/{stat['n_episodes']})"
+    return text
+
+
+def _fmt_forgetting(row: Mapping[str, Any]) -> str:
+    text = _fmt(row["forgetting_A"], "+.4f")
+    if text != "—" and row["forgetting_ratio_A"].get("mean") is not None:
+        text += f" (×{row['forgetting_ratio_A']['mean']:.2f})"
+    return text
+
+
+def _fmt_mcq(row: Mapping[str, Any]) -> str:
+    text = _fmt(row["mcq_accuracy"], ".3f")
+    if text == "—":
+        return text
+    diff = row["mcq_paired_diff"]
+    if diff.get("mean") is not None:
+        text += f"; Δ vs naive {_fmt(diff, '+.3f')}"
+        if diff.get("ci95"):
+            text += f" [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]"
+    return text
+
+
+def _markdown(rows: Sequence[Mapping[str, Any]], runs: Sequence[RunData], plots: Mapping[str, str | None]) -> str:
+    header = (
+        "| method | runs | training time | final task loss | task-A L1 (held-out) | task-B L1 (held-out) "
+        "| forgetting: Δ task-A L1 vs base | task-A success [95% CI] | task-B success [95% CI] "
+        "| MCQ accuracy (paired Δ vs naive [95% CI]) | cache | checkpoint |"
+    )
+    lines = [
+        "# CRaFT demo report",
+        "",
+        f"{len(runs)} run(s): " + ", ".join(f"`{r.path.name}` ({r.label})" for r in runs) + ".",
+        "",
+        header,
+        "|" + "---|" * 12,
+    ]
+    for row in rows:
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"**{row['method']}**" if row["role"] == "base" else row["method"],
+                    str(row["runs"]),
+                    _fmt_seconds(row["train_seconds"]),
+                    _fmt(row["final_task_loss"]),
+                    _fmt(row["error_A"]),
+                    _fmt(row["error_B"]),
+                    "— (reference)" if row["role"] == "base" else _fmt_forgetting(row),
+                    _fmt_success(row["success_A"]),
+                    _fmt_success(row["success_B"]),
+                    _fmt_mcq(row),
+                    _fmt_bytes(row["storage_cache"]),
+                    _fmt_bytes(row["storage_checkpoint"]),
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "Task A = push-v3 (the base's task), task B = reach-v3 (the new task). L1: mean absolute "
+        "difference between the policy's predicted action chunks and the scripted expert's actions "
+        "on held-out episodes, in raw action units (lower is better). Forgetting: the run's task-A "
+        "L1 minus the base's (same seed), with the ratio to the base's; positive means forgotten. "
+        "Success: seeded Meta-World rollouts, 95% Wilson interval. Final task loss: last logged "
+        "training loss. Several runs of a method: mean ± sample standard deviation.",
+        "",
+        "## Plots",
+        "",
+    ]
+    for name, caption in [
+        ("task_loss", "Task loss of every run"),
+        ("retention", "Retention loss L_ret against its budget ε (craft runs)"),
+        ("lambda", "Lagrange multiplier λ (craft runs)"),
+        ("conflict", "Gradient-conflict rate (craft runs)"),
+        ("forgetting_vs_b", "Forgetting of task A against task-B error, per method"),
+    ]:
+        file = plots.get(name)
+        lines.append(f"![{caption}]({file})" if file else f"- {caption}: not drawn (no run has this data).")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- plots
+def _colors(methods: Sequence[str]) -> dict[str, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+def _save(fig: Any, path: Path) -> str:
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    return path.name
+
+
+def _plot_all(runs: Sequence[RunData], rows: Sequence[Mapping[str, Any]], out: Path) -> dict[str, str | None]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r.method for r in runs))
+    color = _colors(methods)
+    plots: dict[str, str | None] = {}
+
+    def linestyle(run: RunData) -> str:
+        same = [r for r in runs if r.method == run.method]
+        return ["-", "--", ":", "-."][same.index(run) % 4]
+
+    # task loss
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    drawn = False
+    all_losses: list[float] = []
+    for r in runs:
+        steps, losses, _src = r.loss_curve()
+        if steps:
+            ax.plot(steps, losses, linestyle(r), color=color[r.method], label=r.label, lw=1.5)
+            all_losses += [v for v in losses if v > 0]
+            drawn = True
+    if drawn:
+        if all_losses and max(all_losses) / max(min(all_losses), 1e-12) > 30:
+            ax.set_yscale("log")
+        ax.set(title="Task loss during training", xlabel="training step", ylabel="task loss (logged)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        plots["task_loss"] = _save(fig, out / "task_loss.png")
+    plt.close(fig)
+
+    craft_runs = [r for r in runs if r.retention_rows()]
+    # L_ret against epsilon
+    if craft_runs:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for r in craft_runs:
+            rr = r.retention_rows()
+            ax.plot([x["step"] for x in rr], [x["L_ret"] for x in rr], linestyle(r), color=color[r.method],
+                    label=f"{r.label}: L_ret", lw=1.5)
+            eps = [x for x in r.metrics_rows if _number(x.get("epsilon")) is not None]
+            ax.plot([x["step"] for x in eps], [x["epsilon"] for x in eps], ":", color=color[r.method],
+                    label=f"{r.label}: budget ε", lw=2)
+        ax.set(title="Retention loss L_ret against its budget ε", xlabel="training step", ylabel="L_ret, ε")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        plots["retention"] = _save(fig, out / "retention.png")
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for r in craft_runs:
+            lam = [x for x in r.metrics_rows if _number(x.get("lambda")) is not None]
+            ax.plot([x["step"] for x in lam], [x["lambda"] for x in lam], linestyle(r), color=color[r.method],
+                    label=r.label, lw=1.5)
+        ax.set(title="Lagrange multiplier λ over training", xlabel="training step", ylabel="λ (after the dual step)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        plots["lambda"] = _save(fig, out / "lambda.png")
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for r in craft_runs:
+            rr = [x for x in r.retention_rows() if _number(x.get("conflict")) is not None]
+            if not rr:
+                continue
+            window = max(1, len(rr) // 10)
+            vals = [float(x["conflict"]) for x in rr]
+            rolling = [statistics.fmean(vals[max(0, i - window + 1): i + 1]) for i in range(len(vals))]
+            ax.plot([x["step"] for x in rr], rolling, linestyle(r), color=color[r.method],
+                    label=f"{r.label} (rolling mean of {window})", lw=1.5)
+            proj = [x for x in rr if _number(x.get("proj_frac")) is not None]
+            if proj:
+                ax.plot([x["step"] for x in proj], [x["proj_frac"] for x in proj], ".", color=color[r.method],
+                        alpha=0.35, ms=3, label=f"{r.label}: share of groups projected")
+        ax.set(title="Gradient conflict rate (cos(g_task, g_ret) below the threshold)", xlabel="training step",
+               ylabel="share of retention steps in conflict")
+        ax.set_ylim(-0.05, 1.05)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        plots["conflict"] = _save(fig, out / "conflict.png")
+        plt.close(fig)
+
+    # forgetting vs task-B score
+    pts = [row for row in rows if row["role"] != "base" and row["forgetting_A"]["mean"] is not None
+           and row["error_B"]["mean"] is not None]
+    if pts:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for row in pts:
+            x, y = row["error_B"], row["forgetting_A"]
+            ax.errorbar(x["mean"], y["mean"], xerr=x["sd"] or 0, yerr=y["sd"] or 0, fmt="o", ms=8, capsize=4,
+                        color=color.get(row["method"]), label=f"{row['method']} (n={row['runs']})")
+        ax.axhline(0.0, color="grey", lw=1, ls="--", label="no forgetting (base's task-A L1)")
+        ax.set(title="Forgetting of task A against task-B error", xlabel="task-B held-out action L1 (lower is better)",
+               ylabel="forgetting: task-A L1 − base's (lower is better)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        plots["forgetting_vs_b"] = _save(fig, out / "forgetting_vs_b.png")
+        plt.close(fig)
+    return plots
+
+
+# ---------------------------------------------------------------------- entry point
+@dataclass
+class ReportResult:
+    output_dir: Path
+    markdown: Path
+    json: Path
+    plots: dict[str, str | None]
+    rows: list[dict[str, Any]]
+
+
+def build_report(
+    run_dirs: Sequence[str | os.PathLike[str]],
+    output_dir: str | os.PathLike[str],
+    *,
+    base: str | None = None,
+) -> ReportResult:
+    """Read the runs, write ``report.md``, ``report.json`` and the PNG plots into ``output_dir``.
+
+    ``base`` names the reference run (a method name or a run folder); by default the runs whose
+    ``eval.json`` has ``"role": "base"`` (or method ``base``).
+    """
+    if not run_dirs:
+        raise ValueError("craft report needs at least one run directory")
+    runs = [load_run(d) for d in run_dirs]
+    if base is not None:
+        chosen = [r for r in runs if r.method == base or r.path.name == base or str(r.path) == str(base)]
+        if not chosen:
+            raise ValueError(f"--base {base!r} matches no run (methods: {sorted({r.method for r in runs})})")
+        for r in runs:
+            r.role = "base" if r in chosen else ("finetune" if r.role == "base" else r.role)
+    bases = [r for r in runs if r.role == "base"]
+    if not bases:
+        logger.warning("no base run (eval.json role 'base' or --base): forgetting is not computed")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = _method_rows(runs, bases)
+    plots = _plot_all(runs, rows, out)
+    md = out / "report.md"
+    tmp = md.with_name(f".report.md.tmp-{os.getpid()}")
+    tmp.write_text(_markdown(rows, runs, plots))
+    os.replace(tmp, md)
+    js = out / "report.json"
+    payload = {"schema": SCHEMA, "runs": [str(r.path) for r in runs], "methods": rows, "plots": plots}
+    tmp = js.with_name(f".report.json.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
+    os.replace(tmp, js)
+    logger.info("report written to %s (%d runs, %d plots)", md, len(runs), sum(1 for p in plots.values() if p))
+    return ReportResult(out, md, js, plots, rows)
