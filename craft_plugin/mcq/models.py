@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 from abc import ABC, abstractmethod
@@ -443,7 +444,7 @@ class PaliGemmaAdapter(MCQAdapter):
 # Building adapters
 # ------------------------------------------------------------------------------------------
 def _paligemma_tokenizer(policy: nn.Module, checkpoint: Path | None) -> Any:
-    from transformers import AutoTokenizer
+    """The PaliGemma text tokenizer the policy's preprocessor uses (pi0 / pi05 keep none themselves)."""
 
     name = getattr(policy.config, "text_tokenizer_name", None)
     if checkpoint is not None and name is None:
@@ -452,12 +453,19 @@ def _paligemma_tokenizer(policy: nn.Module, checkpoint: Path | None) -> Any:
             name = _find_key(json.loads(pre.read_text()), "tokenizer_name")
     name = name or DEFAULT_PALIGEMMA_TOKENIZER
     try:
-        return AutoTokenizer.from_pretrained(name)
+        return _load_tokenizer(name)
     except Exception as err:
         raise RuntimeError(
             f"cannot load the PaliGemma tokenizer {name!r} ({err}); it must be in the Hugging Face cache "
             "or reachable (it is the one the policy's preprocessor uses)"
         ) from err
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
 
 
 def _find_key(obj: Any, key: str) -> Any:
@@ -486,7 +494,10 @@ def adapter_for_policy(policy: nn.Module, *, source: str = "<policy>", tokenizer
     if ptype == "craft":
         return adapter_for_policy(policy.base, source=source, tokenizer=tokenizer)
     if ptype in PI_TYPES:
-        return PaliGemmaAdapter(policy, tokenizer or _paligemma_tokenizer(policy, checkpoint), source)
+        # pi0_fast keeps its PaliGemma tokenizer; ids are built with add_special_tokens=False, so its
+        # add_bos/add_eos settings do not matter.
+        tokenizer = tokenizer or getattr(policy, "_paligemma_tokenizer", None) or _paligemma_tokenizer(policy, checkpoint)
+        return PaliGemmaAdapter(policy, tokenizer, source)
     if ptype == "smolvla":
         vwe = policy.model.vlm_with_expert
         return HFAdapter(vwe.vlm, tokenizer or vwe.processor, source, family="smolvla")
