@@ -248,13 +248,13 @@ def test_two_process_run_keeps_lambda_and_weights_identical_across_ranks(world, 
     probe_dir.mkdir()
     cmd = [
         str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29577",
-        str(Path(__file__).with_name("ddp_probe.py")), *_craft_args(world), "--policy.craft.lambda_lr=0.5",
+        str(Path(__file__).with_name("train_probe.py")), *_craft_args(world), "--policy.craft.lambda_lr=0.5",
         "--policy.push_to_hub=false", "--policy.device=cpu", "--dataset.repo_id=local/tiny",
         f"--dataset.root={world / 'data'}", f"--output_dir={tmp_path / 'run'}", "--steps=5", "--batch_size=2",
         "--log_freq=1", "--save_freq=5", "--num_workers=0", "--wandb.enable=false",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(world / "hf"), "ACCELERATE_USE_CPU": "true",
-           "CRAFT_DDP_PROBE_DIR": str(probe_dir)}  # fmt: skip
+           "CRAFT_PROBE_DIR": str(probe_dir)}  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Effective batch size: 2 x 2 = 4" in res.stdout + res.stderr
@@ -262,3 +262,53 @@ def test_two_process_run_keeps_lambda_and_weights_identical_across_ranks(world, 
     assert len(r0["lambda"]) == 5 and r0["lambda"] == r1["lambda"]
     assert len(set(r0["lambda"])) > 1, "λ must have moved"
     assert r0["weights_sha256"] == r1["weights_sha256"]
+
+
+def test_lora_run_trains_with_craft_and_changes_only_adapter_weights(world, tmp_path):
+    """`--peft.method_type=LORA`: the regex is written as for the base policy (the wrapper roots
+    it at `base.`); only adapter weights take part in CRaFT and change."""
+    probe_dir = tmp_path / "probe"
+    probe_dir.mkdir()
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, str(Path(__file__).with_name("train_probe.py")), *_craft_args(world),
+        "--peft.method_type=LORA", r"--peft.target_modules=model\.encoder\..*\.(linear1|linear2)", "--peft.r=4",
+        "--policy.craft.lambda_lr=0.5", "--policy.push_to_hub=false", "--policy.device=cpu",
+        "--dataset.repo_id=local/tiny", f"--dataset.root={world / 'data'}", f"--output_dir={out}", "--steps=3",
+        "--batch_size=4", "--log_freq=1", "--save_freq=3", "--num_workers=0", "--wandb.enable=false",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(world / "hf"), "CRAFT_PROBE_DIR": str(probe_dir)}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = res.stdout + res.stderr
+    steps = _steps(log)
+    assert [int(s["step"]) for s in steps] == [1, 2, 3] and all(f in steps[-1] for f in FIELDS)
+    probe = json.loads((probe_dir / "rank0.json").read_text())
+    trainable, changed = set(probe["trainable"]), set(probe["changed"])
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable), sorted(trainable)[:4]
+    assert len(trainable) == 12, "lora_A and lora_B of linear1/linear2 in the tiny ACT's 3 encoder layers"
+    assert "CRaFT: enabled=True | mode=hidden" in log and "| 12 trainable tensors" in log
+    assert changed and changed <= trainable, sorted(changed - trainable)[:4]
+    assert any(".lora_B." in n for n in changed)
+    assert len(set(probe["lambda"])) > 1
+    ckpt = out / "checkpoints" / "000003" / "pretrained_model"
+    adapter = json.loads((ckpt / "adapter_config.json").read_text())
+    assert adapter["target_modules"] == r"base\.(?:model\.encoder\..*\.(linear1|linear2))"
+    state = json.loads((ckpt / "craft_state.json").read_text())
+    assert state["step"] == 3 and state["lambda"] == pytest.approx(probe["lambda"][-1], abs=1e-9)
+
+    # `craft export` merges the adapters into the base weights: what PEFT itself computes
+    from safetensors.torch import load_file
+
+    exp = subprocess.run([str(BIN / "craft"), "export", str(ckpt), str(tmp_path / "exported")], capture_output=True, text=True, timeout=120)
+    assert exp.returncode == 0, exp.stderr[-2000:]
+    exported = load_file(str(tmp_path / "exported" / "model.safetensors"))
+    original = load_file(str(world / "act" / "model.safetensors"))
+    merged = load_file(str(probe_dir / "lora_merged.safetensors"))
+    assert set(exported) == set(original) and len(merged) == 6
+    for key, w in exported.items():
+        if key in merged:
+            torch.testing.assert_close(w, merged[key], atol=1e-6, rtol=0)
+            assert not torch.equal(w, original[key])
+        else:
+            assert torch.equal(w, original[key]), key

@@ -78,6 +78,12 @@ class CRaFTConfig(PreTrainedConfig):
         base_dir = Path(save_directory) / BASE_CONFIG_DIR
         base_dir.mkdir(parents=True, exist_ok=True)
         self.base_config._save_pretrained(base_dir)
+        # The live policy's CRaFT state (λ, step, schedule, sampler) rides with the config: with
+        # `--peft.*`, LeRobot saves only adapter weights and then this config, never calling the
+        # policy's own `_save_pretrained`.
+        writer = getattr(self, "_craft_state_writer", None)
+        if writer is not None and writer() is not None:
+            writer()(Path(save_directory))
 
     # ------------------------------------------------------------------ delegation
     @property

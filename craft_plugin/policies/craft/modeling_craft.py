@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ class CRaFTPolicy(PreTrainedPolicy):
             except TypeError:
                 self.base = base_cls(base_cfg)
         self._hook: CraftHook | None = None
+        config._craft_state_writer = weakref.WeakMethod(self._write_craft_state)
         self._retention: Any = None
         self._pending_state: dict[str, Any] | None = None
         train_cfg = _train_config()
@@ -145,6 +147,32 @@ class CRaFTPolicy(PreTrainedPolicy):
     def predict_action_chunk(self, batch: dict[str, Tensor], **kwargs: Any) -> Tensor:
         return self.base.predict_action_chunk(batch, **kwargs)
 
+    # ------------------------------------------------------------------ PEFT (--peft.*)
+    def wrap_with_peft(self, peft_config: Any = None, peft_cli_overrides: dict | None = None) -> Any:
+        """LeRobot's PEFT wrapping, with ``--peft.target_modules`` written as for the base policy.
+
+        The wrapper holds the base as ``self.base``, so every module name carries a ``base.``
+        prefix. A regular expression (PEFT matches it against the full module name) is rooted
+        there: ``model\\.vlm_with_expert...`` becomes ``base\\.(?:model\\.vlm_with_expert...)``.
+        Lists of name suffixes and ``all-linear`` need no change. With no ``target_modules``,
+        the base policy's own defaults are used (rooted the same way).
+        """
+        overrides = dict(peft_cli_overrides or {})
+        overrides["target_modules"] = _root_at_base(overrides.get("target_modules"))
+        return super().wrap_with_peft(peft_config, overrides)
+
+    def _get_default_peft_targets(self) -> dict[str, Any] | None:
+        targets = self.base._get_default_peft_targets()
+        if not targets:
+            return None
+        return {**targets, "target_modules": _root_at_base(targets.get("target_modules"))}
+
+    def _validate_peft_config(self, peft_config: Any) -> None:
+        if not (self.config.base_path or self.config.pretrained_path):
+            raise ValueError(
+                "PEFT adapters need pretrained weights to adapt: pass --policy.base_path=<checkpoint dir or hub id>"
+            )
+
     # ------------------------------------------------------------------ CRaFT state
     def craft_state_dict(self) -> dict[str, Any]:
         hook = self._ensure_hook()
@@ -173,8 +201,9 @@ class CRaFTPolicy(PreTrainedPolicy):
                 {"sampler": {"generator": torch.tensor(state["sampler_generator"], dtype=torch.uint8)}}
             )
 
-    def _save_pretrained(self, save_directory: Path, state_dict: dict[str, Tensor] | None = None) -> None:
-        super()._save_pretrained(save_directory, state_dict=state_dict)
+    def _write_craft_state(self, save_directory: Path) -> None:
+        """``craft_state.json`` next to the weights; called by ``CRaFTConfig._save_pretrained``
+        (so it is written with plain and with PEFT checkpoints alike)."""
         if self.config.craft.enabled:
             atomic_write_bytes(Path(save_directory) / CRAFT_STATE_FILE, json.dumps(self.craft_state_dict()).encode())
 
@@ -185,6 +214,13 @@ class CRaFTPolicy(PreTrainedPolicy):
         if state_file.is_file():
             policy._pending_state = json.loads(state_file.read_text())
         return policy
+
+
+def _root_at_base(target_modules: Any) -> Any:
+    """A PEFT ``target_modules`` regex written for the base policy, rooted at ``self.base``."""
+    if isinstance(target_modules, str) and target_modules != "all-linear" and not target_modules.startswith("base\\."):
+        return rf"base\.(?:{target_modules})"
+    return target_modules
 
 
 def _train_config() -> Any:
