@@ -572,17 +572,17 @@ def _plot_all(runs: Sequence[RunData], rows: Sequence[Mapping[str, Any]], out: P
             rr = [x for x in r.retention_rows() if _number(x.get("conflict")) is not None]
             if not rr:
                 continue
-            window = max(1, len(rr) // 10)
+            window = max(1, min(50, len(rr) // 5))
             vals = [float(x["conflict"]) for x in rr]
             rolling = [statistics.fmean(vals[max(0, i - window + 1): i + 1]) for i in range(len(vals))]
             ax.plot([x["step"] for x in rr], rolling, linestyle(r), color=color[r.method],
-                    label=f"{r.label} (rolling mean of {window})", lw=1.5)
+                    label=f"{r.label}: conflict, mean of last {window} retention step(s)", lw=1.5)
             proj = [x for x in rr if _number(x.get("proj_frac")) is not None]
             if proj:
-                ax.plot([x["step"] for x in proj], [x["proj_frac"] for x in proj], ".", color=color[r.method],
-                        alpha=0.35, ms=3, label=f"{r.label}: share of groups projected")
-        ax.set(title="Gradient conflict rate (cos(g_task, g_ret) below the threshold)", xlabel="training step",
-               ylabel="share of retention steps in conflict")
+                ax.plot([x["step"] for x in proj], [x["proj_frac"] for x in proj], "x", color=color[r.method],
+                        alpha=0.6, ms=4, label=f"{r.label}: share of groups projected (per step)")
+        ax.set(title="Gradient conflicts: cos(g_task, g_ret) below the threshold", xlabel="training step",
+               ylabel="conflict rate / share projected")
         ax.set_ylim(-0.05, 1.05)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
