@@ -5,8 +5,11 @@ a config with random weights (ResNet-18 from scratch, dim 256, 4 encoder layers)
 batch 32, fine-tuned from a saved checkpoint. The craft runs use an anchor cache of that
 checkpoint, `anchor_batch_size` 8, `retention_freq` 1 and 4. Step time is the median of
 LeRobot's logged `updt_s` (forward + backward + optimizer) over the steps after warm-up. Runs
-go one at a time. (Peak memory of a CRaFT step against plain training is measured by
-`benchmarks/hook_overhead.py`; this script times whole `lerobot-train` steps.)
+go one at a time. Peak memory is each training process's peak resident set size (the runs go
+through `_train_peak_rss.py`, which calls the same `main` as the `lerobot-train` executable);
+the extra memory of a craft run is its peak minus the plain run's, reported as a multiple of one
+fp32 copy of the trainable parameters (goal <= 1.2x). It includes everything CRaFT adds: the
+second gradient, the anchor batch's activations, the tap and the cache reader.
 
     python benchmarks/step_overhead.py [--steps 12] [--threads 2]
 """
@@ -68,28 +71,32 @@ def main() -> None:
             "--policy.type=craft", f"--policy.base_path={act}", f"--policy.craft.anchor_cache_dir={root / 'cache'}",
             f"--policy.craft.anchor_batch_size={args.anchor_batch_size}", "--policy.craft.pooling=[mean_image_tokens,cls_token]",
         ]  # fmt: skip
+        train = [sys.executable, str(Path(__file__).with_name("_train_peak_rss.py"))]
         runs = {
-            "plain": [str(BIN / "lerobot-train"), f"--policy.path={act}", f"--output_dir={root / 'plain'}", *common],
-            "craft freq 1": [str(BIN / "lerobot-train"), *craft, "--policy.craft.retention_freq=1", f"--output_dir={root / 'c1'}", *common],
-            "craft freq 4": [str(BIN / "lerobot-train"), *craft, "--policy.craft.retention_freq=4", f"--output_dir={root / 'c4'}", *common],
+            "plain": [*train, f"--policy.path={act}", f"--output_dir={root / 'plain'}", *common],
+            "craft freq 1": [*train, *craft, "--policy.craft.retention_freq=1", f"--output_dir={root / 'c1'}", *common],
+            "craft freq 4": [*train, *craft, "--policy.craft.retention_freq=4", f"--output_dir={root / 'c4'}", *common],
         }
         results = {}
         for name, cmd in runs.items():
             t0 = time.perf_counter()
             log = run(cmd, env)
             times = step_times(log, args.warmup)
-            results[name] = (statistics.median(times), time.perf_counter() - t0)
+            peak = float(re.search(r"PEAK_RSS_MB ([0-9.]+)", log).group(1))
+            results[name] = (statistics.median(times), time.perf_counter() - t0, peak)
         n_params = re.search(r"num_learnable_params=(\d+)", log)
-    base = results["plain"][0]
+    base, base_peak = results["plain"][0], results["plain"][2]
+    params_mb = int(n_params.group(1)) * 4 / 2**20
     print(f"machine: {platform.machine()} {platform.processor() or ''} | threads={args.threads} | python {sys.version.split()[0]}")
     print(
         f"base: ACT dim 256, 4 encoder layers, ResNet-18, 96x96 ({int(n_params.group(1)) / 1e6:.1f}M trainable params) | "
         f"batch {args.batch_size}, anchor batch {args.anchor_batch_size}, {args.steps} steps (median after {args.warmup})"
     )
-    for name, (t, wall) in results.items():
-        ratio = "" if name == "plain" else f" | ratio {t / base:.3f}"
-        print(f"{name:<13} step {1e3 * t:7.1f} ms{ratio}")
-    print("goals: ratio <= 1.6 at retention_freq 1, <= 1.15 at retention_freq 4")
+    print(f"one fp32 copy of the trainable parameters: {params_mb:.1f} MB")
+    for name, (t, _wall, peak) in results.items():
+        extra = "" if name == "plain" else f" | ratio {t / base:.3f} | extra {peak - base_peak:6.1f} MB = {(peak - base_peak) / params_mb:.2f}x params"
+        print(f"{name:<13} step {1e3 * t:7.1f} ms | peak RSS {peak:7.1f} MB{extra}")
+    print("goals: ratio <= 1.6 at retention_freq 1, <= 1.15 at retention_freq 4; extra memory <= 1.2x params")
 
 
 if __name__ == "__main__":
