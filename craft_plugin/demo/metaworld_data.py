@@ -60,6 +60,7 @@ import os
 import shutil
 import time
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,6 +260,7 @@ class MetaWorldScene:
         flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         self.max_path_length = int(env.max_path_length)
         self._steps = 0
+        _track_open_scene(self)
 
     def reset(self, seed: int) -> np.ndarray:
         self.env.seed(int(seed))
@@ -303,6 +305,26 @@ class MetaWorldScene:
 
 
 _SCENES: dict[tuple[str, int, str], MetaWorldScene] = {}
+_OPEN_SCENES: weakref.WeakSet[MetaWorldScene] = weakref.WeakSet()
+_ATEXIT_REGISTERED = False
+
+
+def _track_open_scene(scene: MetaWorldScene) -> None:
+    """Close every still-open scene at interpreter exit, *before* mujoco's own atexit
+    ``eglTerminate`` (registered when the first GL context is made; atexit runs last-in,
+    first-out, so this is registered after that first context). Without it, a scene left open
+    prints a harmless ``TypeError ... __del__`` (EGL) when Python shuts down."""
+    global _ATEXIT_REGISTERED
+    _OPEN_SCENES.add(scene)
+    if not _ATEXIT_REGISTERED:
+        atexit.register(_close_open_scenes)
+        _ATEXIT_REGISTERED = True
+
+
+def _close_open_scenes() -> None:
+    close_scenes()
+    for scene in list(_OPEN_SCENES):
+        scene.close()
 
 
 def shared_scene(task: str, image_size: int = 64, camera: str = "corner2") -> MetaWorldScene:
@@ -311,12 +333,7 @@ def shared_scene(task: str, image_size: int = 64, camera: str = "corner2") -> Me
     key = (task, int(image_size), camera)
     scene = _SCENES.get(key)
     if scene is None or scene.renderer is None:
-        first = not _SCENES
         scene = _SCENES[key] = MetaWorldScene(task, image_size, camera)
-        if first:
-            # Registered after the first GL context exists, so it runs before mujoco's own
-            # atexit eglTerminate (atexit is last-in, first-out).
-            atexit.register(close_scenes)
     return scene
 
 
