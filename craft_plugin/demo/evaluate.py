@@ -232,6 +232,10 @@ def action_error(
         method = "chunk" if hasattr(policy, "predict_action_chunk") and _n_obs_steps(policy) == 1 else "sequential"
     actions = torch.as_tensor(np.asarray(ds.hf_dataset["action"], dtype=np.float32))
     episode = torch.as_tensor(np.asarray(ds.hf_dataset["episode_index"], dtype=np.int64))
+    # Row position of each dataset ``index`` (they coincide for a freshly written dataset).
+    index_col = torch.as_tensor(np.asarray(ds.hf_dataset["index"], dtype=np.int64))
+    position = torch.full((int(index_col.max()) + 1,), -1, dtype=torch.int64)
+    position[index_col] = torch.arange(len(index_col))
     n = len(actions) if max_frames is None else min(len(actions), int(max_frames))
     state_dim = tuple(ds.meta.features[STATE_KEY]["shape"])
     img_shape = tuple(ds.meta.features[CAMERA_KEY]["shape"])
@@ -258,7 +262,7 @@ def action_error(
                 if pred.ndim == 2:
                     pred = pred[:, None]
                 pred = _postprocess(loaded.postprocessor, pred).to("cpu", torch.float64)
-                idx = batch["index"].long()
+                idx = position[batch["index"].long()]
                 chunk_len = pred.shape[1]
                 steps = idx[:, None] + torch.arange(chunk_len)[None, :]  # [B, T]
                 in_range = steps < len(actions)
