@@ -8,7 +8,8 @@ log must be there):
   give the task-loss curve of *every* run (a ``craft`` run logs its task loss as ``loss``).
   LeRobot prints ``step`` with a K/M suffix from 1000 on (``step:2K``); such steps are rebuilt
   from the logging interval seen before (see :func:`parse_train_log`).
-* ``craft_metrics.jsonl`` — ``craft`` runs only: one JSON object per logged step (``step``,
+* ``craft_metrics.jsonl`` (in ``RUN_DIR`` or one folder below it, e.g. the ``--output_dir``
+  ``RUN_DIR/train``) — ``craft`` runs only: one JSON object per logged step (``step``,
   ``L_task``, ``lambda``, ``epsilon``, ``retention_step`` and, on retention steps, ``L_ret``,
   ``dot``, ``cos``, ``conflict``, ``proj_frac``, ``energy_removed``, ``nonfinite``).
 * ``eval.json`` — this module's schema (version 1), written with :func:`update_eval_json`::
@@ -31,7 +32,7 @@ log must be there):
   (read defensively: ``checkpoints.<label>.metrics.accuracy`` / ``accuracy_ci`` and
   ``comparison.accuracy_diff`` / ``accuracy_diff_ci`` / ``mcnemar_p`` when there, else a
   top-level ``accuracy``). When ``storage_bytes.checkpoint`` is missing, the size of
-  ``checkpoints/last/pretrained_model`` is used if present.
+  ``checkpoints/last/pretrained_model`` (in ``RUN_DIR`` or one folder below) is used if present.
 
 Definitions in the table: *final task loss* is the last logged training loss (LeRobot's value
 is the mean over its logging window). *Forgetting* is the task-A held-out action L1 of the run
@@ -279,9 +280,20 @@ class RunData:
     def storage(self, kind: str) -> int | None:
         value = _number((self.eval.get("storage_bytes") or {}).get(kind))
         if value is None and kind == "checkpoint":
-            size = dir_bytes(self.path / "checkpoints" / "last" / "pretrained_model")
+            ckpt = _find(self.path, "checkpoints/last/pretrained_model")
+            size = dir_bytes(ckpt) if ckpt is not None else 0
             return size or None
         return int(value) if value is not None else None
+
+
+def _find(run_dir: Path, relative: str) -> Path | None:
+    """``RUN_DIR/relative``, else ``RUN_DIR/<one folder>/relative`` (LeRobot refuses an existing
+    ``--output_dir``, so a demo may train into ``RUN_DIR/train`` and tee the log beside it)."""
+    direct = run_dir / relative
+    if direct.exists():
+        return direct
+    found = sorted(p for p in run_dir.glob(f"*/{relative}") if p.exists())
+    return found[0] if found else None
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> RunData:
@@ -298,7 +310,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunData:
         if not isinstance(ev, dict):
             raise ValueError(f"{path / EVAL_FILE} must hold a JSON object")
     log_rows = parse_train_log((path / LOG_FILE).read_text(errors="replace")) if (path / LOG_FILE).is_file() else []
-    metrics = read_metrics_jsonl(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else []
+    metrics_file = _find(path, METRICS_FILE)
+    metrics = read_metrics_jsonl(metrics_file) if metrics_file is not None else []
     if not ev and not log_rows and not metrics:
         raise FileNotFoundError(
             f"{path} holds none of {EVAL_FILE}, {LOG_FILE} (tee lerobot-train's output there) or {METRICS_FILE}"

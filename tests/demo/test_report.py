@@ -82,7 +82,9 @@ def runs(tmp_path: Path) -> list[Path]:
         else:
             row["retention_step"] = 0.0
         rows.append(json.dumps(row))
-    (craft / "craft_metrics.jsonl").write_text("\n".join(rows) + '\n{"step": 9, "L_ta')  # torn last line
+    # lerobot-train's --output_dir one level down (LeRobot refuses an existing output dir)
+    (craft / "train").mkdir()
+    (craft / "train" / "craft_metrics.jsonl").write_text("\n".join(rows) + '\n{"step": 9, "L_ta')  # torn last line
     rp.update_eval_json(craft, _eval("craft_hidden", "finetune", 0.10, 0.055, 4, 5, storage_bytes={"cache": 2048}))
     rp.update_eval_json(craft, {"mcq": rp.mcq_summary(_mcq_json(tmp_path / "mcq_craft.json", 0.40, 0.60))})
     return [base, naive, replay, craft]
