@@ -209,6 +209,6 @@ def format_summary(report: Mapping[str, Any]) -> str:
             "Difference (B - A):",
             f"  Accuracy: {c['accuracy_diff']:+.4f}  ({pct}% paired bootstrap CI {lo:+.4f} to {hi:+.4f})",
             f"  Avg Margin: {c['avg_margin_diff']:+.4f}",
-            f"  McNemar exact p = {c['mcnemar_p']:.4f}  (only A right: {c['a_only']}, only B right: {c['b_only']})",
+            f"  McNemar exact p = {c['mcnemar_p']:.3g}  (only A right: {c['a_only']}, only B right: {c['b_only']})",
         ]
     return "\n".join(lines)

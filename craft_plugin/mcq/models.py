@@ -155,7 +155,23 @@ class MCQAdapter(ABC):
 # Hugging Face image-text-to-text models (and SmolVLA's SmolVLM)
 # ------------------------------------------------------------------------------------------
 def _copy_cache_repeated(cache: Any, repeats: int) -> Any:
-    """A copy of a HF cache (batch 1) with every entry repeated ``repeats`` times along the batch."""
+    """A cache for ``repeats`` rows on top of ``cache`` (batch 1), which stays untouched.
+
+    A plain ``DynamicCache`` of full-attention layers is rebuilt from broadcast views of the
+    prefix keys/values (``update`` concatenates them into fresh tensors); any other cache type is
+    deep-copied and repeated.
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if type(cache) is DynamicCache and layers and all(type(layer) is DynamicLayer for layer in layers):
+        new = DynamicCache()
+        for i, layer in enumerate(layers):
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                k, v = layer.keys, layer.values
+                new.update(k.expand(repeats, *k.shape[1:]), v.expand(repeats, *v.shape[1:]), i)
+        return new
     new = copy.deepcopy(cache)
     if repeats != 1:
         new.batch_repeat_interleave(repeats)

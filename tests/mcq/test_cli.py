@@ -32,7 +32,7 @@ def test_same_checkpoint_twice_differs_by_nothing(tmp_path: Path, smolvla_ckpt: 
     assert "Difference (B - A):" in text
     assert "Accuracy: +0.0000  (95% paired bootstrap CI +0.0000 to +0.0000)" in text
     assert "Avg Margin: +0.0000" in text
-    assert "McNemar exact p = 1.0000  (only A right: 0, only B right: 0)" in text
+    assert "McNemar exact p = 1  (only A right: 0, only B right: 0)" in text
 
     report = json.loads(out.read_text())
     assert not list(tmp_path.glob(".*tmp*"))  # no temp file left behind

@@ -108,3 +108,13 @@ def test_policy_without_lm_head_is_refused(tmp_path: Path):
     (tmp_path / "config.json").write_text('{"hello": 1}')
     with pytest.raises(ValueError, match="neither a LeRobot 'type' nor a Hugging Face 'model_type'"):
         load_adapter(str(tmp_path))
+
+
+def test_tiny_smolvlm_builder_makes_a_loadable_hf_folder(tmp_path: Path, scene_set: Path):
+    from craft_plugin.mcq.tiny import build_tiny_smolvlm
+
+    adapter = load_adapter(str(build_tiny_smolvlm(tmp_path / "vlm", image_size=32, width=32, layers=2)))
+    assert adapter.family == "hf"
+    assert [len(adapter.choice_ids(c)) for c in ("red", "top left", "bottom right")] == [1, 2, 2]
+    qs = load_mcq(scene_set).questions[:3]
+    assert _max_diff(score_questions(adapter, qs), score_questions(adapter, qs, naive=True), "sums") < TOL
