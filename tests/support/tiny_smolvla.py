@@ -81,12 +81,6 @@ TASKS: tuple[str, ...] = (
     "reach the goal",
 )
 
-_SPECIAL = {
-    "fake_image_token": "<fake_token_around_image>",
-    "image_token": "<image>",
-    "global_image_token": "<global-img>",
-    "end_of_utterance_token": "<end_of_utterance>",
-}
 
 _FOLDER_LOCK = threading.Lock()
 _DEFAULT_FOLDER: Path | None = None
@@ -100,91 +94,21 @@ def _ensure_offline() -> None:
         os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="craft-hf-home-")
 
 
-def _build_tokenizer() -> Any:
-    """A byte-level BPE tokenizer with no merges (256 byte tokens) and SmolVLM's special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {ch: i for i, ch in enumerate(alphabet)}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<|im_start|>",
-        eos_token=_SPECIAL["end_of_utterance_token"],
-        unk_token=None,
-        extra_special_tokens=dict(_SPECIAL),
-        model_max_length=4096,
-    )
-    for name in ("fake_image_token_id", "global_image_token_id", "image_token_id"):
-        if not isinstance(getattr(tokenizer, name, None), int):
-            raise RuntimeError(f"the tiny tokenizer lacks {name}; transformers' extra_special_tokens API changed")
-    return tokenizer
-
-
 def build_tiny_vlm_folder(folder: str | os.PathLike[str]) -> Path:
     """Write a tiny SmolVLM (config + tokenizer + processors) into ``folder``; return its path.
 
     The folder can be given to ``SmolVLAConfig.vlm_model_name`` with ``load_vlm_weights=False``.
-    No weights are written: SmolVLA instantiates the VLM from the config.
+    No weights are written: SmolVLA instantiates the VLM from the config. (The builder is the
+    package's own, :func:`craft_plugin.demo.small_smolvla.build_vlm_folder`, at the sizes above.)
     """
     _ensure_offline()
-    from transformers import SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
+    from craft_plugin.demo.small_smolvla import VLMSizes, build_vlm_folder
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = _build_tokenizer()
-    vocab_size = len(tokenizer)
-    text_config = {
-        "model_type": "llama",
-        "vocab_size": vocab_size,
-        "hidden_size": TEXT_HIDDEN,
-        "intermediate_size": 2 * TEXT_HIDDEN,
-        "num_hidden_layers": TEXT_LAYERS,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 4,
-        "head_dim": TEXT_HIDDEN // 8,
-        "max_position_embeddings": 512,
-        "rms_norm_eps": 1e-5,
-        "pad_token_id": tokenizer.pad_token_id,
-        "tie_word_embeddings": False,
-    }
-    vision_config = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 4,
-        "image_size": IMAGE_SIZE,
-        "patch_size": PATCH_SIZE,
-    }
-    config = SmolVLMConfig(
-        text_config=text_config,
-        vision_config=vision_config,
+    sizes = VLMSizes(
+        text_hidden=TEXT_HIDDEN, text_layers=TEXT_LAYERS, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE,
         scale_factor=SCALE_FACTOR,
-        image_token_id=tokenizer.image_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    config.save_pretrained(folder)
-
-    image_processor = SmolVLMImageProcessor(
-        do_image_splitting=False,
-        size={"longest_edge": IMAGE_SIZE},
-        max_image_size={"longest_edge": IMAGE_SIZE},
-    )
-    video_processor = SmolVLMVideoProcessor()
-    processor = SmolVLMProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        image_seq_len=IMAGE_TOKENS,
-    )
-    processor.save_pretrained(folder)
-    logger.debug("tiny SmolVLM written to %s (vocab %d)", folder, vocab_size)
-    return folder
+    )  # fmt: skip
+    return build_vlm_folder(folder, sizes)
 
 
 def _default_folder() -> Path:
