@@ -228,6 +228,8 @@ class HFAdapter(MCQAdapter):
         return ids
 
     def _batch(self, prefix: Prefix, rows: int) -> dict[str, Any]:
+        if rows == 1:
+            return dict(prefix.inputs)
         out: dict[str, Any] = {}
         for k, v in prefix.inputs.items():
             if isinstance(v, Tensor) and v.dim() > 0:
