@@ -97,9 +97,10 @@ class CraftConfig:
     hidden_loss: HiddenLoss = Field("mse", description="hidden mode: mse, cosine (1 − cos, in [0, 2]) or l1.")
     feature_norm: FeatureNorm = Field(
         "standardize",
-        description="hidden mode: standardize student and teacher features by the teacher's per-dimension "
-        "mean/std (kept in the cache) before the loss, so an ε budget means the same for every model "
-        "(MSE 1.0 = one teacher standard deviation); none: raw features.",
+        description="hidden mode: standardize student and teacher features before the loss: subtract the "
+        "teacher's per-dimension mean and divide by the teacher's feature scale of each layer and pooled "
+        "vector (the RMS of its per-dimension std; statistics kept in the cache), so an ε budget means the "
+        "same for every model (MSE 1.0 = one teacher standard deviation); none: raw features.",
     )
     layers: list[int] = Field(
         default_factory=lambda: [-2, -1],

@@ -3,7 +3,8 @@
 * :class:`HiddenRetention` (``retention_mode="hidden"``): a random anchor batch from the
   cache, the student's pooled features on the cached inputs (through the same feature tap as
   the teacher), and the configured hidden loss against the cached teacher features —
-  standardized by the teacher's per-dimension statistics when ``feature_norm="standardize"``.
+  standardized when ``feature_norm="standardize"``: minus the teacher's per-dimension mean,
+  divided by the teacher's feature scale of each layer and pooled vector (:func:`slot_scale`).
 * :class:`TokenCERetention` (``retention_mode="token_ce"``): the policy's own training loss
   on cached anchor samples (token cross-entropy for pi0_fast, the policy loss for others).
 
@@ -28,7 +29,7 @@ from craft_plugin.cache.anchor_cache import AnchorCache
 from craft_plugin.cache.builder import decode_inputs
 from craft_plugin.cache.manifest import CacheError
 from craft_plugin.config import CraftConfig
-from craft_plugin.core.losses import hidden_loss, standardize
+from craft_plugin.core.losses import hidden_loss, slot_scale, standardize
 from craft_plugin.taps import make_tap
 
 __all__ = ["HiddenRetention", "TokenCERetention", "eval_mode", "make_retention"]
@@ -118,7 +119,7 @@ class HiddenRetention(_CachedRetention):
         self.std: Tensor | None = None
         if config.feature_norm == "standardize":
             mean, std = cache.feature_stats()
-            self.mean, self.std = mean.to(self.device), std.to(self.device)
+            self.mean, self.std = mean.to(self.device), slot_scale(std).to(self.device)
         self._check_shape()
 
     def _check_shape(self) -> None:

@@ -16,7 +16,7 @@ from craft_plugin.core.conflict import (
     project_grouped,
 )
 from craft_plugin.core.dual import EpsilonSchedule, LagrangeMultiplier, dual_update, epsilon_at
-from craft_plugin.core.losses import hidden_cosine, hidden_l1, hidden_loss, hidden_mse, standardize
+from craft_plugin.core.losses import hidden_cosine, hidden_l1, hidden_loss, hidden_mse, slot_scale, standardize
 from craft_plugin.core.pooling import (
     TokenMasks,
     cls_token,
@@ -50,5 +50,6 @@ __all__ = [
     "pool",
     "project_conflicting",
     "project_grouped",
+    "slot_scale",
     "standardize",
 ]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["HiddenLossKind", "hidden_cosine", "hidden_l1", "hidden_loss", "hidden_mse", "standardize"]
+__all__ = ["HiddenLossKind", "hidden_cosine", "hidden_l1", "hidden_loss", "hidden_mse", "slot_scale", "standardize"]
 
 HiddenLossKind = Literal["mse", "cosine", "l1"]
 HIDDEN_LOSS_KINDS: tuple[str, ...] = ("mse", "cosine", "l1")
@@ -60,6 +60,17 @@ def hidden_loss(student: Tensor, teacher: Tensor, kind: HiddenLossKind = "mse") 
     if kind == "l1":
         return hidden_l1(student, teacher)
     raise ValueError(f"unknown hidden loss {kind!r}; allowed: {', '.join(HIDDEN_LOSS_KINDS)}")
+
+
+def slot_scale(std: Tensor) -> Tensor:
+    """The feature scale of each ``[layer, vector]`` slot: ``sqrt(mean_h σ_h²)`` over the last
+    (hidden) dimension, broadcast back to ``std``'s shape.
+
+    Dividing by it instead of each dimension's own ``σ_h`` keeps near-constant dimensions (a
+    ``σ_h`` near 0, common in pooled VLM features) from blowing a tiny drift up into a huge loss,
+    while an MSE of 1.0 still means "one teacher standard deviation" on average.
+    """
+    return std.float().pow(2).mean(dim=-1, keepdim=True).sqrt().expand_as(std)
 
 
 def standardize(features: Tensor, mean: Tensor, std: Tensor, eps: float = 1e-6) -> Tensor:

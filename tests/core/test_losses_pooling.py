@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from craft_plugin.core.losses import hidden_cosine, hidden_l1, hidden_loss, hidden_mse, standardize
+from craft_plugin.core.losses import hidden_cosine, hidden_l1, hidden_loss, hidden_mse, slot_scale, standardize
 from craft_plugin.core.pooling import (
     TokenMasks,
     cls_token,
@@ -56,6 +56,14 @@ def test_teacher_side_gets_no_gradient():
     t = TT.clone().requires_grad_(True)
     hidden_mse(s, t).backward()
     assert s.grad is not None and t.grad is None
+
+
+def test_slot_scale_by_hand():
+    # two slots of 2 dims: sqrt((0.5² + 3²)/2) = sqrt(4.625); sqrt((0² + 2²)/2) = sqrt(2)
+    std = torch.tensor([[0.5, 3.0], [0.0, 2.0]])
+    out = slot_scale(std)
+    assert out.shape == std.shape
+    torch.testing.assert_close(out, torch.tensor([[4.625**0.5] * 2, [2.0**0.5] * 2]))
 
 
 def test_standardize_by_hand():
