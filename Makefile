@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: help env demo test bench lock
 
 help:
-	@echo "make demo   run the embedded default (examples/custom_loop.py)"
+	@echo "make demo   the forgetting experiment: craft demo into demo-out/ (~10 min on 2 CPU cores)"
 	@echo "make test   run the test suite"
 	@echo "make env    create/update the environment and print its path"
 	@echo "make bench  run benchmarks/hook_overhead.py"
@@ -20,7 +20,7 @@ env:
 	@$(ENV_SCRIPT) ensure
 
 demo:
-	@V="$$($(ENV_SCRIPT) ensure)" && "$$V/bin/python" examples/custom_loop.py
+	@V="$$($(ENV_SCRIPT) ensure)" && "$$V/bin/craft" demo --output-dir demo-out --overwrite
 
 test:
 	@V="$$($(ENV_SCRIPT) ensure)" && "$$V/bin/python" -m pytest $(PYTEST_ARGS)

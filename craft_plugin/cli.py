@@ -294,5 +294,29 @@ def report_cmd(
     drawn = [name for name in result.plots.values() if name]
     typer.echo(f"report: {result.markdown} ({len(result.rows)} method(s)); plots: {', '.join(drawn) or 'none'}")
 
+@app.command("demo")
+def demo_cmd(
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="Folder for the runs, report.md and the plots.")] = Path("demo-out"),
+    quick: Annotated[bool, typer.Option("--quick", help="A few steps of everything (the test suite's end-to-end run).")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of data, model init and training.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing non-empty --output-dir.")] = False,
+) -> None:
+    """The forgetting experiment, offline: base on Meta-World push, then naive / replay / CRaFT on reach; report."""
+    import logging
+
+    from craft_plugin.demo.pipeline import QUICK, STANDARD, plan_with, run_demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    plan = plan_with(QUICK if quick else STANDARD, seed=seed)
+    try:
+        result = run_demo(output_dir, plan, overwrite=overwrite, echo=typer.echo)
+    except (FileExistsError, FileNotFoundError, RuntimeError) as err:
+        typer.echo(f"craft demo: {err}", err=True)
+        raise typer.Exit(code=2) from err
+    typer.echo("")
+    typer.echo(result.report_md.read_text())
+    typer.echo(f"craft demo finished in {result.seconds:.0f} s: {result.report_md} and {len(result.plots)} plots in {result.report_md.parent}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,44 @@
+"""`craft demo --quick` end to end: every stage through the public commands (stock
+`lerobot-train`, `craft build-cache`, `craft eval-mcq`, `craft report`), a few steps each."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from craft_plugin.demo.pipeline import METHODS
+
+BIN = Path(sys.executable).parent
+
+
+def test_quick_demo_runs_every_stage_and_writes_a_finite_report(tmp_path):
+    out = tmp_path / "demo"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # datasets come from the shared demo-data cache
+    res = subprocess.run([str(BIN / "craft"), "demo", "--quick", f"--output-dir={out}"], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    for stage in ("data", "mcq", "base", "cache", *METHODS, "eval", "report"):
+        assert f"[{stage}] done in" in res.stdout, stage
+    report = json.loads((out / "report" / "report.json").read_text())
+    rows = {m["method"]: m for m in report["methods"]}
+    assert set(rows) == {"base", *METHODS}
+    for name, row in rows.items():
+        for key in ("train_seconds", "final_task_loss", "error_A", "error_B", "mcq_accuracy", "storage_checkpoint"):
+            value = row[key]["mean"]
+            assert value is not None and math.isfinite(value), (name, key, value)
+        if name != "base":
+            assert math.isfinite(row["forgetting_A"]["mean"])
+        if name not in ("base", "naive"):
+            assert row["mcq_paired_diff"]["ci95"] is not None, name
+        if name.startswith("craft"):
+            assert row["storage_cache"]["mean"] > 0
+    for png in ("task_loss.png", "retention.png", "lambda.png", "conflict.png", "forgetting_vs_b.png"):
+        data = (out / "report" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+    md = (out / "report" / "report.md").read_text()
+    assert "| craft_hidden |" in md and "![Task loss of every run](task_loss.png)" in md
+    metrics = [json.loads(line) for line in (out / "runs" / "craft_hidden" / "train" / "craft_metrics.jsonl").read_text().splitlines()]
+    assert metrics and all(math.isfinite(r["lambda"]) for r in metrics)
