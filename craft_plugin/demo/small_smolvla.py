@@ -51,6 +51,10 @@ class VLMSizes:
     image_size: int = 32
     patch_size: int = 8
     scale_factor: int = 2
+    text_intermediate: int | None = None  #: default 2 x text_hidden
+    vision_intermediate: int | None = None  #: default 2 x vision_hidden
+    max_positions: int = 512
+    rms_norm_eps: float = 1e-5
 
     @property
     def image_tokens(self) -> int:
@@ -81,30 +85,33 @@ def build_tokenizer() -> Any:
     return tokenizer
 
 
-def build_vlm_folder(folder: str | os.PathLike[str], sizes: VLMSizes = VLMSizes()) -> Path:
-    """Write the stand-in SmolVLM (config, tokenizer, processors; no weights) into ``folder``."""
+def build_vlm_folder(folder: str | os.PathLike[str], sizes: VLMSizes = VLMSizes(), tokenizer: Any = None) -> Path:
+    """Write the stand-in SmolVLM (config, tokenizer, processors; no weights) into ``folder``.
+
+    ``tokenizer``: any tokenizer with SmolVLM's special tokens (default: :func:`build_tokenizer`).
+    """
     from transformers import SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
     text_config = {
         "model_type": "llama",
         "vocab_size": len(tokenizer),
         "hidden_size": sizes.text_hidden,
-        "intermediate_size": 2 * sizes.text_hidden,
+        "intermediate_size": sizes.text_intermediate or 2 * sizes.text_hidden,
         "num_hidden_layers": sizes.text_layers,
         "num_attention_heads": sizes.text_heads,
         "num_key_value_heads": sizes.text_kv_heads,
         "head_dim": sizes.text_hidden // sizes.text_heads,
-        "max_position_embeddings": 512,
-        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": sizes.max_positions,
+        "rms_norm_eps": sizes.rms_norm_eps,
         "pad_token_id": tokenizer.pad_token_id,
         "tie_word_embeddings": False,
     }
     vision_config = {
         "hidden_size": sizes.vision_hidden,
-        "intermediate_size": 2 * sizes.vision_hidden,
+        "intermediate_size": sizes.vision_intermediate or 2 * sizes.vision_hidden,
         "num_hidden_layers": sizes.vision_layers,
         "num_attention_heads": sizes.vision_heads,
         "image_size": sizes.image_size,

@@ -23,16 +23,12 @@ from pathlib import Path
 
 import torch
 
+from craft_plugin.demo.small_smolvla import SPECIAL_TOKENS, VLMSizes, build_vlm_folder
+
 __all__ = ["build_tiny_smolvlm", "make_example"]
 
 logger = logging.getLogger(__name__)
 
-_SPECIAL = {
-    "fake_image_token": "<fake_token_around_image>",
-    "image_token": "<image>",
-    "global_image_token": "<global-img>",
-    "end_of_utterance_token": "<end_of_utterance>",
-}
 _WORDS = [
     "What color is the square?", "What color is the circle?", "How many squares are there?",
     "Where is the square?", "Where is the circle?", "Answer:", " red", " green", " blue", " yellow",
@@ -55,8 +51,8 @@ def _tokenizer() -> object:
         tokenizer_object=backend,
         pad_token="<pad>",
         bos_token="<|im_start|>",
-        eos_token=_SPECIAL["end_of_utterance_token"],
-        extra_special_tokens=dict(_SPECIAL),
+        eos_token=SPECIAL_TOKENS["end_of_utterance_token"],
+        extra_special_tokens=dict(SPECIAL_TOKENS),
         model_max_length=4096,
     )
 
@@ -71,49 +67,23 @@ def build_tiny_smolvlm(
     seed: int = 0,
 ) -> Path:
     """Write a random-weight SmolVLM (text width ``width``, ``layers`` decoder layers) into ``folder``."""
-    from transformers import (
-        SmolVLMConfig,
-        SmolVLMForConditionalGeneration,
-        SmolVLMImageProcessor,
-        SmolVLMProcessor,
-        SmolVLMVideoProcessor,
-    )
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
 
     if image_size % 16:
         raise ValueError(f"image_size must be a multiple of 16 (8-pixel patches, pixel shuffle 2), got {image_size}")
     if width % 8:
         raise ValueError(f"width must be a multiple of 8 (8 attention heads), got {width}")
-    folder = Path(folder)
-    tok = _tokenizer()
-    patch, scale = 8, 2
-    config = SmolVLMConfig(
-        text_config={
-            "model_type": "llama", "vocab_size": len(tok), "hidden_size": width, "intermediate_size": 4 * width,
-            "num_hidden_layers": layers, "num_attention_heads": 8, "num_key_value_heads": 4,
-            "head_dim": width // 8, "max_position_embeddings": 1024, "pad_token_id": tok.pad_token_id,
-            "tie_word_embeddings": False,
-        },
-        vision_config={
-            "hidden_size": max(width // 2, 32), "intermediate_size": 2 * width, "num_hidden_layers": vision_layers,
-            "num_attention_heads": 4, "image_size": image_size, "patch_size": patch,
-        },
-        scale_factor=scale,
-        image_token_id=tok.image_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    sizes = VLMSizes(
+        text_hidden=width, text_layers=layers, text_intermediate=4 * width, max_positions=1024, rms_norm_eps=1e-6,
+        vision_hidden=max(width // 2, 32), vision_intermediate=2 * width, vision_layers=vision_layers,
+        image_size=image_size, patch_size=8, scale_factor=2,
+    )  # fmt: skip
+    folder = build_vlm_folder(folder, sizes, tokenizer=_tokenizer())
+    config = SmolVLMConfig.from_pretrained(folder)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = SmolVLMForConditionalGeneration(config)
     model.save_pretrained(folder)
-    SmolVLMProcessor(
-        image_processor=SmolVLMImageProcessor(
-            do_image_splitting=False, size={"longest_edge": image_size}, max_image_size={"longest_edge": image_size}
-        ),
-        tokenizer=tok,
-        video_processor=SmolVLMVideoProcessor(),
-        image_seq_len=(image_size // patch) ** 2 // scale**2,
-    ).save_pretrained(folder)
     return folder
 
 
