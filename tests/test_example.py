@@ -1,4 +1,4 @@
-"""The `make demo` default: examples/custom_loop.py shows CRaFT keeping task A within budget."""
+"""examples/custom_loop.py (the CraftHook example, plain PyTorch): CRaFT keeps task A within budget."""
 
 from __future__ import annotations
 

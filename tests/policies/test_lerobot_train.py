@@ -242,6 +242,24 @@ def test_bad_craft_settings_stop_before_step_1_with_a_readable_message(world, tm
     assert res.returncode != 0 and message in log and "step:1 " not in log
 
 
+def test_cache_from_another_policy_type_and_layers_stops_before_step_1(world, tmp_path):
+    """A cache whose teacher was another policy type (manifest says diffusion) and whose layers
+    differ from the config: one message lists both and prints the right build-cache command."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(world / "cache", cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest["teacher"]["policy_type"] = "diffusion"
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    args = [a for a in _craft_args(world) if "anchor_cache_dir" not in a]
+    res = _train(world, tmp_path / "run", *args, f"--policy.craft.anchor_cache_dir={cache}", "--policy.craft.layers=[-3,-1]")
+    log = res.stdout + res.stderr
+    assert res.returncode != 0 and "step:1 " not in log
+    assert "policy type: training 'act', cache teacher 'diffusion'" in log
+    assert "layers: config [-3, -1]" in log and "craft build-cache" in log
+
+
 def test_two_process_run_keeps_lambda_and_weights_identical_across_ranks(world, tmp_path):
     """torchrun, 2 CPU processes (gloo): L_ret is averaged over ranks before the dual step."""
     probe_dir = tmp_path / "probe"
