@@ -556,13 +556,17 @@ def _plot_all(runs: Sequence[RunData], rows: Sequence[Mapping[str, Any]], out: P
     # L_ret against epsilon
     if craft_runs:
         fig, ax = plt.subplots(figsize=(7, 4.2))
+        values: list[float] = []
         for r in craft_runs:
             rr = r.retention_rows()
+            values += [x["L_ret"] for x in rr if x["L_ret"] > 0]
             ax.plot([x["step"] for x in rr], [x["L_ret"] for x in rr], linestyle(r), color=color[r.method],
                     label=f"{r.label}: L_ret", lw=1.5)
             eps = [x for x in r.metrics_rows if _number(x.get("epsilon")) is not None]
             ax.plot([x["step"] for x in eps], [x["epsilon"] for x in eps], ":", color=color[r.method],
                     label=f"{r.label}: budget ε", lw=2)
+        if values and max(values) / max(min(values), 1e-12) > 30:
+            ax.set_yscale("log")  # a hidden-mode L_ret can start orders of magnitude above ε
         ax.set(title="Retention loss L_ret against its budget ε", xlabel="training step", ylabel="L_ret, ε")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
