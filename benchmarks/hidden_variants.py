@@ -23,8 +23,9 @@ from craft_plugin.demo.evaluate import action_error, load_policy
 BIN = Path(sys.executable).parent
 VARIANTS: dict[str, list[str]] = {
     "hidden (demo settings)": [],
+    "wrapper, CRaFT off": ["--policy.craft.enabled=false"],
+    "hidden, renormalize": ["--policy.renormalize=true"],
     "hidden, ε_end 0.5 (looser budget)": ["--policy.craft.epsilon_end=0.5"],
-    "hidden, λ lr 0.05": ["--policy.craft.lambda_lr=0.05"],
     "hidden, no projection": ["--policy.craft.use_grad_projection=false"],
 }
 
