@@ -7,15 +7,15 @@ Features are tensors of the same shape ``[..., D]`` (the cache stores
     l1      L = mean(|s − t|)                           over every element
     cosine  L = mean(1 − cos(s, t))                     over every vector (last dim); range [0, 2]
 
-Features may first be standardized by the teacher's per-dimension statistics,
-``(x − μ) / σ``, so that an ε budget means the same for every model.
+Features may first be standardized by the teacher's statistics, ``(x − μ) / s`` with μ per
+dimension and ``s`` the feature scale of each layer/vector slot (:func:`slot_scale`), so that
+an ε budget means the same for every model.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

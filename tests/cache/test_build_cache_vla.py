@@ -4,7 +4,6 @@ student recomputes the cached features from the stored inputs."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from craft_plugin.cache import AnchorCache
