@@ -86,8 +86,10 @@ STANDARD = DemoPlan()
 QUICK = DemoPlan(
     train_episodes=3, heldout_episodes=2, replay_episodes=1, image_size=32, mcq_train=24, mcq_test=16,
     teach_steps=10, base_steps=6, finetune_steps=4, batch_size=8, num_anchors=8, anchor_batch_size=4,
-    rollout_episodes=1, rollout_max_steps=10,
+    rollout_episodes=1, rollout_max_steps=10, methods=("naive", "craft_token_ce", "craft_hidden"),
 )  # fmt: skip
+# QUICK leaves out replay (the same lerobot-train path as naive on another dataset, which
+# tests/demo/test_metaworld_data.py covers) to keep the test suite under its 10-minute budget.
 
 
 @dataclass

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from craft_plugin.demo.pipeline import METHODS
+from craft_plugin.demo.pipeline import QUICK
 
 BIN = Path(sys.executable).parent
 
@@ -20,11 +20,11 @@ def test_quick_demo_runs_every_stage_and_writes_a_finite_report(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # datasets come from the shared demo-data cache
     res = subprocess.run([str(BIN / "craft"), "demo", "--quick", f"--output-dir={out}"], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
-    for stage in ("data", "mcq", "base", "cache", *METHODS, "eval", "report"):
+    for stage in ("data", "mcq", "base", "cache", *QUICK.methods, "eval", "report"):
         assert f"[{stage}] done in" in res.stdout, stage
     report = json.loads((out / "report" / "report.json").read_text())
     rows = {m["method"]: m for m in report["methods"]}
-    assert set(rows) == {"base", *METHODS}
+    assert set(rows) == {"base", *QUICK.methods} and "craft_hidden" in rows
     for name, row in rows.items():
         for key in ("train_seconds", "final_task_loss", "error_A", "error_B", "mcq_accuracy", "storage_checkpoint"):
             value = row[key]["mean"]
