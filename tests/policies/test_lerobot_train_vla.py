@@ -52,17 +52,11 @@ def _check_run(res: subprocess.CompletedProcess[str], out: Path, mode: str) -> l
 
 def test_smolvla_base_hidden_mode(tmp_path):
     from support import tiny_smolvla
-    from support.tiny_dataset import make_dataset, save_policy
+    from support.tiny_dataset import make_dataset_for, save_policy
 
     vlm = tiny_smolvla.build_tiny_vlm_folder(tmp_path / "vlm")
     policy, pre, post = tiny_smolvla.make_tiny_smolvla(seed=0, vlm_folder=vlm)
-    feats = policy.config.input_features
-    camera = next(k for k in feats if k.startswith("observation.images"))
-    make_dataset(
-        tmp_path / "data", episodes=2, frames=8, camera=camera, image_shape=tuple(feats[camera].shape),
-        state_dim=feats["observation.state"].shape[0], action_dim=policy.config.output_features["action"].shape[0],
-        tasks=("pick up the cube", "push"),
-    )  # fmt: skip
+    make_dataset_for(policy, tmp_path / "data", episodes=2, frames=8, tasks=("pick up the cube", "push"))
     save_policy(policy, pre, post, tmp_path / "smolvla")
     build_cache(
         BuildOptions(

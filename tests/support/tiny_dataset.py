@@ -59,3 +59,13 @@ def save_policy(policy: Any, preprocessor: Any, postprocessor: Any, directory: P
     preprocessor.save_pretrained(directory)
     postprocessor.save_pretrained(directory)
     return directory
+
+
+def make_dataset_for(policy: Any, root: Path, **kwargs: Any) -> Any:
+    """:func:`make_dataset` with the camera, image shape, state and action sizes of ``policy``'s config."""
+    feats = policy.config.input_features
+    camera = next(k for k in feats if k.startswith("observation.images"))
+    return make_dataset(
+        root, camera=camera, image_shape=tuple(feats[camera].shape), state_dim=feats["observation.state"].shape[0],
+        action_dim=policy.config.output_features["action"].shape[0], **kwargs,
+    )  # fmt: skip
