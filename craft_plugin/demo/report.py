@@ -544,8 +544,7 @@ def _plot_all(runs: Sequence[RunData], rows: Sequence[Mapping[str, Any]], out: P
             all_losses += [v for v in losses if v > 0]
             drawn = True
     if drawn:
-        if all_losses and max(all_losses) / max(min(all_losses), 1e-12) > 30:
-            ax.set_yscale("log")
+        _log_scale_if_wide(ax, all_losses)
         ax.set(title="Task loss during training", xlabel="training step", ylabel="task loss (logged)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -565,8 +564,7 @@ def _plot_all(runs: Sequence[RunData], rows: Sequence[Mapping[str, Any]], out: P
             eps = [x for x in r.metrics_rows if _number(x.get("epsilon")) is not None]
             ax.plot([x["step"] for x in eps], [x["epsilon"] for x in eps], ":", color=color[r.method],
                     label=f"{r.label}: budget ε", lw=2)
-        if values and max(values) / max(min(values), 1e-12) > 30:
-            ax.set_yscale("log")  # a hidden-mode L_ret can start orders of magnitude above ε
+        _log_scale_if_wide(ax, values)  # a hidden-mode L_ret can start orders of magnitude above ε
         ax.set(title="Retention loss L_ret against its budget ε", xlabel="training step", ylabel="L_ret, ε")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -633,6 +631,12 @@ class ReportResult:
     json: Path
     plots: dict[str, str | None]
     rows: list[dict[str, Any]]
+
+
+def _log_scale_if_wide(ax: Any, values: list[float]) -> None:
+    """Log y-axis when the positive ``values`` span more than 30x."""
+    if values and max(values) / max(min(values), 1e-12) > 30:
+        ax.set_yscale("log")
 
 
 def build_report(
