@@ -20,7 +20,7 @@ integration test a user would run):
    (``--policy.path``), ``replay`` (same, on the replay set), ``craft_token_ce`` and
    ``craft_hidden`` (``--policy.type=craft --policy.base_path``). Each run's console output is
    kept in ``OUT/runs/<method>/train.log``.
-6. **eval** — held-out action L1 on A and B (:func:`evaluate_checkpoint_action_error`),
+6. **eval** — each checkpoint loaded once: held-out action L1 on A and B (:func:`action_error`),
    seeded rollouts with Wilson intervals (:func:`rollout_success`), and ``craft eval-mcq``
    (each fine-tuned run against ``naive``, paired); all into ``OUT/runs/<method>/eval.json``.
 7. **report** — ``craft report`` → ``OUT/report/report.md`` and the PNG plots.
