@@ -18,6 +18,24 @@ Contract, for every family:
 * ``tap.features(batch, layers, pooling)`` → ``[B, n_layers, n_vectors, D]`` pooled features.
 * The tap never changes what the policy computes: ``select_action`` / ``forward`` give
   identical results with and without it.
+
+The action pathway (SPEC.md §4: ``hidden`` mode anchors it too), for every family:
+
+* ``tap.draw_action_randomness(batch, generator)`` → ``{name: [B, ...] tensor}``: every random
+  number the family's action side uses (flow-matching noise and time, diffusion noise and
+  timestep), drawn from ``generator`` only (never the global RNG). ``{}`` for families whose
+  anchored action output is deterministic (ACT in eval mode, pi0_fast under teacher forcing).
+  The cache stores the draw per anchor (``draw.<name>``), so teacher and student see the same.
+* ``tap.action_output(batch, draw)`` → ``[B, *action_shape]`` float tensor: the action side's
+  output on ``batch`` with exactly that ``draw``; same mode / grad contract as ``extract``;
+  deterministic given ``(batch, draw)``; independent of the other rows of the batch.
+* ``tap.action_kind`` says what the output is, which is how a target made under the teacher's
+  normalization statistics is mapped to a student's (``craft_plugin.core.actions``):
+  ``"action"`` (normalized actions: ``a_S = α·a_T + β``), ``"velocity"`` (flow matching
+  ``v = noise − actions``: ``v_S = noise + α·(v_T − noise) − β``; needs ``draw["noise"]``),
+  ``"epsilon"`` (predicted diffusion noise: ``ε_S = noise + α·(ε_T − noise)``), or ``"hidden"``
+  (hidden states: not in action units, no map). For the first three the last axis of the
+  output is the action dimension (``tap.action_dim`` entries, real dims only, no padding).
 """
 
 from __future__ import annotations
@@ -121,6 +139,24 @@ class FeatureTap(abc.ABC):
     @abc.abstractmethod
     def extract(self, batch: dict[str, Any], layers: Sequence[int]) -> TapOutput:
         """Run the policy's backbone on a preprocessed ``batch``; see :class:`TapOutput`."""
+
+    # -- the action pathway (see the module docstring) ---------------------------------------
+    #: What :meth:`action_output` returns: "action", "velocity", "epsilon" or "hidden".
+    action_kind: ClassVar[str] = "action"
+
+    @property
+    def action_dim(self) -> int:
+        """Real action dimensions (the last axis of :meth:`action_output` unless ``hidden``)."""
+        feature = self.policy.config.output_features["action"]
+        return int(feature.shape[0])
+
+    def draw_action_randomness(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
+        """The action side's random numbers for ``batch``, from ``generator`` only (CPU tensors)."""
+        return {}
+
+    def action_output(self, batch: dict[str, Any], draw: dict[str, Tensor]) -> Tensor:
+        """The action side's output on a preprocessed ``batch`` under ``draw``: ``[B, ...]``."""
+        raise NotImplementedError(f"{type(self).__name__} does not anchor the action pathway yet")
 
     # -- shared ---------------------------------------------------------------------------
     def resolve_layers(self, layers: Sequence[int]) -> list[int]:
