@@ -21,11 +21,21 @@ in particular the **latent is always zeros**, as ACT uses when it has no VAE sam
 policy is in train mode with ``use_vae=True`` (sampling a VAE latent would make the anchor's
 features random and would need the action chunk). It then runs the encoder layers one by one,
 stopping after the deepest requested layer. No hooks are installed, no RNG is drawn by the tap
-itself, and the decoder is never run. Dropout inside the encoder layers follows the policy's
-train/eval mode, which is the caller's choice (see :mod:`craft_plugin.taps.base`).
+itself, and ``extract`` never runs the decoder. Dropout inside the encoder layers follows the
+policy's train/eval mode, which is the caller's choice (see :mod:`craft_plugin.taps.base`).
 
 The ``batch`` is one that has been through the policy's own preprocessor (normalized images
 ``[B, 3, H, W]`` per camera key, ``observation.state [B, S]``, ...), as ``policy.forward`` receives it.
+
+**Action pathway** (``action_kind = "action"``): the anchored output is the action chunk
+``[B, chunk_size, action_dim]`` that ACT's decoder and action head predict at inference, in the
+normalized action space — exactly ``policy.model(batch)[0]`` in eval mode (what
+``predict_action_chunk`` returns before the postprocessor). It reuses :meth:`ActTap.encoder_inputs`,
+so the latent is again zeros, even in train mode with ``use_vae=True``: a VAE sample would make the
+teacher target random and would need the ground-truth chunk. With the latent fixed, ACT's action
+side is deterministic, so ``draw_action_randomness`` returns ``{}`` and ``action_output`` ignores
+its ``draw``. Dropout (encoder and decoder) follows the caller's train/eval mode; the teacher runs
+in ``eval()``. Cache cost per anchor: ``chunk_size * action_dim * 4`` bytes (float32), no draw.
 """
 
 from __future__ import annotations
@@ -144,3 +154,27 @@ class ActTap(FeatureTap):
                 outputs[i] = x.transpose(0, 1)  # (T, B, D) -> (B, T, D)
         logger.debug("ACT tap: layers %s, sequence length %d", absolute, x.shape[0])
         return TapOutput(layers=absolute, hidden=[outputs[i] for i in absolute], masks=masks)
+
+    # -- the action pathway ---------------------------------------------------------------------
+    def action_output(self, batch: dict[str, Any], draw: dict[str, Tensor]) -> Tensor:
+        """The predicted action chunk ``[B, chunk_size, action_dim]`` (normalized), latent zeros.
+
+        The full encoder (with its final norm), then the decoder and action head, as
+        ``ACTModel.forward`` runs them. ``draw`` is ignored: ACT's action side draws nothing.
+        """
+        model = self.model
+        x, pos_embed, _ = self.encoder_inputs(batch)
+        encoder_out = model.encoder(x, pos_embed=pos_embed)
+        batch_size = x.shape[1]
+        decoder_in = torch.zeros(
+            (self.config.chunk_size, batch_size, self.config.dim_model),
+            dtype=pos_embed.dtype,
+            device=pos_embed.device,
+        )
+        decoder_out = model.decoder(
+            decoder_in,
+            encoder_out,
+            encoder_pos_embed=pos_embed,
+            decoder_pos_embed=model.decoder_pos_embed.weight.unsqueeze(1),
+        )
+        return model.action_head(decoder_out.transpose(0, 1))  # (chunk, B, D) -> (B, chunk, action_dim)

@@ -37,6 +37,23 @@ are installed, and the tap draws no random numbers. The policy's train/eval mode
 (:mod:`craft_plugin.taps.base`): note that with ``use_group_norm=False`` the backbone has
 BatchNorm, which in train mode normalizes with batch statistics and updates its running
 statistics — as the policy's own training forward does.
+
+**Action pathway**: the anchored output is the U-Net denoiser's prediction in the training
+objective's own setting, ``[B, horizon, action_dim]``: the observations give the global conditioning
+(through the policy's own ``_prepare_global_conditioning``, so the full RGB encoder, keypoint head
+included), ``batch["action"]`` (normalized) is noised with the scheduler's ``add_noise`` at a stored
+``noise`` and ``timestep``, and ``unet(noisy, timestep, global_cond)`` is the output — exactly the
+``pred`` of ``DiffusionModel.compute_loss``. That noise and timestep are the only randomness of the
+objective, so ``draw_action_randomness`` draws them (from the caller's generator, with the
+distributions ``compute_loss`` uses: ``noise ~ N(0, 1)`` ``[B, horizon, action_dim]``, ``timestep``
+int64 ``[B]`` uniform in ``[0, num_train_timesteps)``) and the cache stores them, so teacher and
+student are compared on the same noised trajectory. ``action_kind`` is ``"epsilon"`` for
+``prediction_type="epsilon"`` (the predicted noise) and ``"action"`` for ``"sample"`` (the
+predicted clean trajectory). Unlike :meth:`DiffusionTap.extract`, the conditioning goes through
+the encoder's own ``forward``, which **random-crops in train mode** (global RNG): the caller runs
+the retention pass in ``eval()`` (center crop), as the teacher does. Cache cost per anchor
+(float32): ``horizon * action_dim * 4`` bytes for the output, the same again for ``draw.noise``,
+and 8 bytes for ``draw.timestep``.
 """
 
 from __future__ import annotations
@@ -54,6 +71,10 @@ from craft_plugin.taps.base import FeatureTap, TapOutput, register_tap
 __all__ = ["DiffusionTap"]
 
 logger = logging.getLogger(__name__)
+
+OBS_STATE = "observation.state"
+OBS_IMAGES = "observation.images"
+ACTION = "action"
 
 
 def _block_width(block: nn.Module) -> int:
@@ -115,6 +136,7 @@ class DiffusionTap(FeatureTap):
                 "this diffusion policy has no camera input, so no vision backbone to tap "
                 "(the diffusion tap reads the RGB encoder's ResNet)"
             )
+        self.model: nn.Module = model
         self.cameras: list[str] = list(self.config.image_features)
         encoders = model.rgb_encoder
         if isinstance(encoders, nn.ModuleList):
@@ -131,6 +153,16 @@ class DiffusionTap(FeatureTap):
     @property
     def num_layers(self) -> int:
         return len(self._widths)
+
+    @property
+    def action_kind(self) -> str:  # type: ignore[override]
+        """``"epsilon"`` (predicted noise) or ``"action"`` (``prediction_type="sample"``)."""
+        prediction_type = self.config.prediction_type
+        if prediction_type == "epsilon":
+            return "epsilon"
+        if prediction_type == "sample":
+            return "action"
+        raise ValueError(f"diffusion tap: unsupported prediction_type {prediction_type!r}")
 
     @property
     def hidden_dim(self) -> int:
@@ -195,3 +227,69 @@ class DiffusionTap(FeatureTap):
         masks = TokenMasks(valid=valid, vision=valid.clone(), text=None)
         logger.debug("diffusion tap: layers %s, %d tokens of width %d", absolute, T, hidden[0].shape[-1])
         return TapOutput(layers=absolute, hidden=hidden, masks=masks)
+
+    # -- the action pathway ---------------------------------------------------------------------
+    def draw_action_randomness(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
+        """``{"noise": [B, horizon, action_dim] float32, "timestep": [B] int64}``, from ``generator`` only.
+
+        The distributions of ``DiffusionModel.compute_loss``: standard normal noise, timesteps
+        uniform in ``[0, num_train_timesteps)``. Returned on the CPU.
+        """
+        key = ACTION if ACTION in batch else OBS_STATE
+        if key not in batch:
+            raise ValueError(f"diffusion tap: batch lacks {ACTION!r} and {OBS_STATE!r}; cannot tell its size")
+        batch_size = int(batch[key].shape[0])
+        device = generator.device
+        noise = torch.randn(
+            (batch_size, int(self.config.horizon), self.action_dim),
+            generator=generator,
+            dtype=torch.float32,
+            device=device,
+        )
+        n_steps = int(self.model.noise_scheduler.config.num_train_timesteps)
+        timestep = torch.randint(0, n_steps, (batch_size,), generator=generator, dtype=torch.int64, device=device)
+        return {"noise": noise.cpu(), "timestep": timestep.cpu()}
+
+    def action_output(self, batch: dict[str, Any], draw: dict[str, Tensor]) -> Tensor:
+        """The denoiser's output ``[B, horizon, action_dim]`` on ``batch["action"]`` noised with ``draw``.
+
+        Reproduces ``DiffusionModel.compute_loss``'s ``pred`` with its noise and timesteps
+        replaced by ``draw["noise"]`` and ``draw["timestep"]``.
+        """
+        missing = [k for k in (*self.cameras, OBS_STATE, ACTION) if k not in batch]
+        if missing:
+            raise ValueError(
+                f"diffusion tap: batch lacks {missing}; pass a batch that has been through the policy's "
+                "preprocessor, with its action chunk"
+            )
+        lacking = [k for k in ("noise", "timestep") if k not in draw]
+        if lacking:
+            raise ValueError(f"diffusion tap: draw lacks {lacking}; make it with draw_action_randomness")
+        trajectory = batch[ACTION]
+        batch_size, horizon = trajectory.shape[:2]
+        shape = (batch_size, horizon, self.action_dim)
+        if tuple(trajectory.shape) != shape or horizon != self.config.horizon:
+            raise ValueError(
+                f"diffusion tap: batch['action'] must be [B, horizon={self.config.horizon}, "
+                f"{self.action_dim}], got {tuple(trajectory.shape)}"
+            )
+        if tuple(draw["noise"].shape) != shape or tuple(draw["timestep"].shape) != (batch_size,):
+            raise ValueError(
+                f"diffusion tap: draw does not fit the batch: noise {tuple(draw['noise'].shape)} "
+                f"(expected {shape}), timestep {tuple(draw['timestep'].shape)} (expected ({batch_size},))"
+            )
+        noise = draw["noise"].to(device=trajectory.device, dtype=trajectory.dtype)
+        timestep = draw["timestep"].to(device=trajectory.device, dtype=torch.long)
+
+        global_cond = self.model._prepare_global_conditioning(self._with_stacked_images(batch))
+        noisy = self.model.noise_scheduler.add_noise(trajectory, noise, timestep)
+        return self.model.unet(noisy, timestep, global_cond=global_cond)
+
+    def _with_stacked_images(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A shallow copy of ``batch`` with ``observation.images`` stacked as ``DiffusionPolicy.forward`` does."""
+        out = dict(batch)
+        for key in self.cameras:
+            if self.config.n_obs_steps == 1 and out[key].ndim == 4:
+                out[key] = out[key].unsqueeze(1)
+        out[OBS_IMAGES] = torch.stack([out[key] for key in self.cameras], dim=-4)
+        return out
