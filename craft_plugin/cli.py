@@ -74,7 +74,9 @@ def build_cache_cmd(
         str | None, typer.Option("--dataset.repo_id", help="Dataset repo id (with --dataset.root: a local copy).")
     ] = None,
     dataset_root: Annotated[Path | None, typer.Option("--dataset.root", help="Local dataset folder.")] = None,
-    num_anchors: Annotated[int, typer.Option("--num-anchors", min=1, help="Anchor frames to cache.")] = 1000,
+    num_anchors: Annotated[
+        int | None, typer.Option("--num-anchors", min=1, help="Anchor frames to cache. Default: every frame of the dataset.")
+    ] = None,
     layers: Annotated[str, typer.Option("--layers", help="Comma-separated layers; negative count from the last.")] = "-2,-1",
     pooling: Annotated[
         str | None,
@@ -93,6 +95,14 @@ def build_cache_cmd(
     no_inputs: Annotated[
         bool, typer.Option("--no-inputs", help="Store dataset indices only, not the student inputs.")
     ] = False,
+    actions: Annotated[
+        bool,
+        typer.Option(
+            "--actions/--no-actions",
+            help="Also cache the action pathway's output and the randomness it used, so hidden mode anchors "
+            "actions as well as backbone features (default).",
+        ),
+    ] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a cache built with other arguments.")] = False,
 ) -> None:
     """Run the teacher once over anchor frames and cache its pooled hidden states (and inputs).
@@ -118,6 +128,7 @@ def build_cache_cmd(
         dtype=dtype,
         shard_size=shard_size,
         store_inputs=not no_inputs,
+        actions=actions,
         overwrite=overwrite,
     )
     try:
@@ -156,6 +167,10 @@ def cache_info_cmd(
     typer.echo(f"  anchors   {m.rows_done}/{m.num_anchors} in {len(m.shards)} shard(s) of up to {m.shard_size}")
     typer.echo(f"  layers    {m.layers} (requested {m.layers_requested}, of {m.num_layers_total}); pooling {m.pooling}")
     typer.echo(f"  features  {m.feature_shape} {m.dtype}; modes {m.retention_modes}; inputs stored: {m.stores_inputs}")
+    if "actions" in m.anchor_targets:
+        typer.echo(f"  actions   {m.action_kind} output {m.action_shape}; stored randomness {m.draw_keys or 'none'}")
+    else:
+        typer.echo("  actions   not anchored (built with --no-actions)")
     problems = 0
     total = 0
     for info in m.shards:
@@ -298,19 +313,29 @@ def report_cmd(
 def demo_cmd(
     output_dir: Annotated[Path, typer.Option("--output-dir", help="Folder for the runs, report.md and the plots.")] = Path("demo-out"),
     quick: Annotated[bool, typer.Option("--quick", help="A few steps of everything (the test suite's end-to-end run).")] = False,
+    family: Annotated[str, typer.Option("--family", help="Policy family: smolvla (a small VLA, MCQ measured) or act (a tiny ACT, no MCQ).")] = "smolvla",
+    train_expert_only: Annotated[
+        bool | None,
+        typer.Option("--train-expert-only/--train-vlm", help="smolvla: freeze the VLM (LeRobot's default) or train it too (the demo's default: it can forget)."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of data, model init and training.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing non-empty --output-dir.")] = False,
 ) -> None:
-    """The forgetting experiment, offline: base on Meta-World push, then naive / replay / CRaFT on reach; report."""
+    """The forgetting experiment, offline: a base on Meta-World push, then naive / CRaFT off / replay / CRaFT on reach; report."""
     import logging
 
-    from craft_plugin.demo.pipeline import QUICK, STANDARD, plan_with, run_demo
+    from craft_plugin.demo.pipeline import FAMILIES, plan_for, run_demo
 
+    if family not in FAMILIES:
+        raise typer.BadParameter(f"{family!r} is not one of: {', '.join(FAMILIES)}", param_hint="--family")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    plan = plan_with(QUICK if quick else STANDARD, seed=seed)
+    changes: dict[str, object] = {"seed": seed}
+    if train_expert_only is not None:
+        changes["train_expert_only"] = train_expert_only
     try:
+        plan = plan_for(family, quick=quick, **changes)
         result = run_demo(output_dir, plan, overwrite=overwrite, echo=typer.echo)
-    except (FileExistsError, FileNotFoundError, RuntimeError) as err:
+    except (FileExistsError, FileNotFoundError, RuntimeError, ValueError) as err:
         typer.echo(f"craft demo: {err}", err=True)
         raise typer.Exit(code=2) from err
     typer.echo("")

@@ -47,6 +47,7 @@ Granularity = Literal["global", "per_layer"]
 HiddenLoss = Literal["mse", "cosine", "l1"]
 FeatureNorm = Literal["standardize", "none"]
 Pooling = Literal["mean_image_tokens", "mean_masked", "last_token", "cls_token"]
+AnchorTarget = Literal["features", "actions"]
 
 
 class CraftConfigError(ValueError):
@@ -102,15 +103,24 @@ class CraftConfig:
         "vector (the RMS of its per-dimension std; statistics kept in the cache), so an ε budget means the "
         "same for every model (MSE 1.0 = one teacher standard deviation); none: raw features.",
     )
-    layers: list[int] = Field(
-        default_factory=lambda: [-2, -1],
+    anchor_targets: list[AnchorTarget] | None = Field(
+        None,
         min_length=1,
-        description="Backbone layers whose hidden states are anchored; negative indices count from the last.",
+        description="hidden mode: what is anchored: backbone `features`, the action pathway's output "
+        "(`actions`: the expert's velocity, the denoiser's output, ACT's chunk, pi0_fast's action-token "
+        "states), or both. null: everything the cache holds (both, with `craft build-cache`'s defaults).",
     )
-    pooling: list[Pooling] = Field(
-        default_factory=lambda: ["mean_image_tokens", "last_token"],
+    layers: list[int] | None = Field(
+        None,
         min_length=1,
-        description="Pooling strategies per layer, each giving one vector.",
+        description="Backbone layers whose hidden states are anchored; negative indices count from the last. "
+        "null: the cache's layers (`craft build-cache --layers`, default -2,-1).",
+    )
+    pooling: list[Pooling] | None = Field(
+        None,
+        min_length=1,
+        description="Pooling strategies per layer, each giving one vector. null: the cache's pooling "
+        "(`craft build-cache --pooling`, default: the policy family's).",
     )
 
     @model_validator(mode="wrap")
@@ -125,9 +135,11 @@ class CraftConfig:
                 logger.error(format_validation_error(err, "--policy.craft"))
             raise
 
-    @field_validator("layers", "pooling")
+    @field_validator("layers", "pooling", "anchor_targets")
     @classmethod
-    def _unique(cls, value: list[Any]) -> list[Any]:
+    def _unique(cls, value: list[Any] | None) -> list[Any] | None:
+        if value is None:
+            return value
         dupes = sorted({str(v) for v in value if value.count(v) > 1})
         if dupes:
             raise ValueError(f"entries must be unique, repeated: {', '.join(dupes)}")

@@ -16,72 +16,72 @@ from support.tiny_classic import make_batch, make_tiny
 @pytest.fixture()
 def act_world(tmp_path):
     policy, pre, _ = make_tiny("act", seed=0)
-    batch = pre(make_batch("act", 6, seed=3))
-    cache = cache_from_policy(policy, batch, tmp_path / "cache")
+    cache = cache_from_policy(policy, pre, make_batch("act", 6, seed=3), tmp_path / "cache", actions=False)
     return policy, pre, cache
 
 
 @pytest.mark.parametrize("feature_norm", ["standardize", "none"])
 @pytest.mark.parametrize("loss", ["mse", "cosine", "l1"])
 def test_teacher_itself_has_zero_retention_loss(act_world, feature_norm, loss):
-    policy, _, cache = act_world
+    policy, pre, cache = act_world
     policy.train()  # training mode: the retention forward must still run with dropout off
     cfg = CraftConfig(anchor_batch_size=4, feature_norm=feature_norm, hidden_loss=loss, pooling=["mean_image_tokens", "cls_token"])
-    ret = HiddenRetention(policy, cache, cfg)
+    ret = HiddenRetention(policy, cache, preprocessor=pre, config=cfg)
     value = ret()
     assert abs(float(value.detach())) < 1e-5
     assert policy.training and all(m.training for m in policy.modules()), "train/eval flags restored"
 
 
 def test_drifted_student_has_positive_loss_with_gradients(act_world):
-    policy, _, cache = act_world
+    policy, pre, cache = act_world
     with torch.no_grad():
         for p in policy.model.encoder.parameters():
             p.add_(0.05 * torch.randn_like(p))
     cfg = CraftConfig(anchor_batch_size=4, pooling=["mean_image_tokens", "cls_token"])
-    value = HiddenRetention(policy, cache, cfg)()
+    value = HiddenRetention(policy, cache, preprocessor=pre, config=cfg)()
     assert float(value.detach()) > 1e-4
     value.backward()
     assert policy.model.encoder.layers[0].linear1.weight.grad.abs().sum() > 0
 
 
 def test_sampler_state_round_trips(act_world):
-    policy, _, cache = act_world
+    policy, pre, cache = act_world
     cfg = CraftConfig(anchor_batch_size=3, pooling=["mean_image_tokens", "cls_token"])
-    a = HiddenRetention(policy, cache, cfg, seed=7)
+    a = HiddenRetention(policy, cache, preprocessor=pre, config=cfg, seed=7)
     a()
     state = a.state_dict()
     next_a = a.sampler.next()["index"]
-    b = HiddenRetention(policy, cache, cfg, seed=99)
+    b = HiddenRetention(policy, cache, preprocessor=pre, config=cfg, seed=99)
     b.load_state_dict(state)
     assert torch.equal(b.sampler.next()["index"], next_a)
 
 
 def test_caches_that_do_not_fit_stop_with_the_right_command(act_world):
-    policy, _, cache = act_world
+    policy, pre, cache = act_world
     with pytest.raises(CacheError, match=r"layers: config \[-3, -1\] \(absolute \[0, 2\]\), cache \[1, 2\]"):
-        HiddenRetention(policy, cache, CraftConfig(layers=[-3, -1], pooling=["mean_image_tokens", "cls_token"]))
+        HiddenRetention(policy, cache, preprocessor=pre, config=CraftConfig(layers=[-3, -1], pooling=["mean_image_tokens", "cls_token"]))
     with pytest.raises(CacheError, match=r"pooling: config \['mean_masked'\]") as info:
-        HiddenRetention(policy, cache, CraftConfig(pooling=["mean_masked"]))
+        HiddenRetention(policy, cache, preprocessor=pre, config=CraftConfig(pooling=["mean_masked"]))
     assert "craft build-cache" in str(info.value) and "--pooling=mean_masked" in str(info.value)
     with pytest.raises(CacheError, match="exceeds the 6 anchors"):
-        HiddenRetention(policy, cache, CraftConfig(anchor_batch_size=7, pooling=["mean_image_tokens", "cls_token"]))
+        HiddenRetention(policy, cache, preprocessor=pre, config=CraftConfig(anchor_batch_size=7, pooling=["mean_image_tokens", "cls_token"]))
     other, _, _ = make_tiny("act", seed=0, n_encoder_layers=2)
     with pytest.raises(CacheError, match="number of layers: policy 2, cache teacher 3"):
-        HiddenRetention(other, cache, CraftConfig(pooling=["mean_image_tokens", "cls_token"]))
+        HiddenRetention(other, cache, preprocessor=pre, config=CraftConfig(pooling=["mean_image_tokens", "cls_token"]))
 
 
 def test_token_ce_is_the_policy_loss_on_cached_anchors(act_world):
-    policy, _, cache = act_world
+    policy, pre, cache = act_world
     cfg = CraftConfig(retention_mode="token_ce", anchor_batch_size=6, pooling=["mean_image_tokens", "cls_token"])
-    ret = make_retention(policy, cache, cfg)
+    ret = make_retention(policy, cache, cfg, preprocessor=pre)
     assert isinstance(ret, TokenCERetention)
     value = ret()
-    from craft_plugin.cache.builder import decode_inputs
+    from craft_plugin.cache.inputs import raw_batch
 
     rows = cache.rows(list(range(6)))
+    raw = raw_batch(rows.inputs, cache.manifest.input_keys, rows.task_index, cache.manifest.tasks)
     with eval_mode(policy), torch.no_grad():
-        expected = policy.forward(decode_inputs(rows.inputs, cache.manifest.input_keys))[0]
+        expected = policy.forward(pre(raw))[0]
     # the whole cache in one batch: the mean loss does not depend on the row order
     torch.testing.assert_close(value.detach(), expected, atol=1e-5, rtol=1e-5)
 
@@ -90,7 +90,7 @@ def test_hook_with_hidden_retention_starts_at_zero_and_lambda_falls_under_budget
     policy, pre, cache = act_world
     cfg = CraftConfig(anchor_batch_size=4, pooling=["mean_image_tokens", "cls_token"], lambda_lr=1.0, initial_lambda=0.5)
     hook = CraftHook(policy, cfg, total_steps=10)
-    ret = HiddenRetention(policy, cache, cfg)
+    ret = HiddenRetention(policy, cache, preprocessor=pre, config=cfg)
     policy.train()
     loss, _ = policy.forward(pre(make_batch("act", 4, seed=11)))
     m = hook.step(loss, ret)

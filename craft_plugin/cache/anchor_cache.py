@@ -26,8 +26,13 @@ __all__ = ["AnchorBatch", "AnchorCache", "INPUT_PREFIX"]
 INPUT_PREFIX = "input."
 
 
+#: Shard keys of the action side's stored randomness are ``draw.<name>``.
+DRAW_PREFIX = "draw."
+
+
 class AnchorBatch(dict):
-    """``{"features": [B, n_layers, n_vectors, D], "index": [B], "inputs": {batch key: tensor}}``."""
+    """``{"features": [B, n_layers, n_vectors, D], "index": [B], "inputs": {raw key: tensor},
+    "action_target": [B, ...] or None, "draw": {name: tensor}, "task_index": [B] or None}``."""
 
     @property
     def features(self) -> Tensor:
@@ -36,6 +41,18 @@ class AnchorBatch(dict):
     @property
     def inputs(self) -> dict[str, Tensor]:
         return self["inputs"]
+
+    @property
+    def action_target(self) -> Tensor | None:
+        return self.get("action_target")
+
+    @property
+    def draw(self) -> dict[str, Tensor]:
+        return self.get("draw", {})
+
+    @property
+    def task_index(self) -> Tensor | None:
+        return self.get("task_index")
 
 
 class AnchorCache:
@@ -111,13 +128,26 @@ class AnchorCache:
         shape = tuple(m.feature_shape)
         return torch.tensor(m.feature_mean).reshape(shape), torch.tensor(m.feature_std).reshape(shape)
 
+    def action_stats(self) -> tuple[Tensor, Tensor]:
+        """Per-element mean and std of the teacher's action targets, each shaped ``action_shape``."""
+        m = self.manifest
+        if m.action_mean is None or m.action_std is None or m.action_shape is None:
+            raise CacheError(f"anchor cache {self.directory} holds no action anchors (built with --no-actions)")
+        shape = tuple(m.action_shape)
+        return torch.tensor(m.action_mean).reshape(shape), torch.tensor(m.action_std).reshape(shape)
+
     # ------------------------------------------------------------------ reading
     def rows(self, indices: Sequence[int] | Tensor, *, with_inputs: bool = True) -> AnchorBatch:
         """The anchors at global row ``indices`` (in that order)."""
         idx = np.asarray(torch.as_tensor(indices).tolist(), dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self._len):
             raise IndexError(f"anchor index out of range 0..{self._len - 1}")
+        m = self.manifest
         names = ["features", "index"] + [INPUT_PREFIX + k for k in (self._input_keys if with_inputs else [])]
+        if "actions" in m.anchor_targets:
+            names += ["action_target"] + [DRAW_PREFIX + k for k in m.draw_keys]
+        if with_inputs and m.stores_inputs and m.tasks:
+            names.append("task_index")
         parts: dict[str, list[Tensor]] = {n: [] for n in names}
         order: list[np.ndarray] = []
         shard_of = np.searchsorted(self._starts, idx, side="right") - 1
@@ -135,6 +165,9 @@ class AnchorCache:
         return AnchorBatch(
             features=merged.pop("features"),
             index=merged.pop("index"),
+            action_target=merged.pop("action_target", None),
+            task_index=merged.pop("task_index", None),
+            draw={k[len(DRAW_PREFIX) :]: merged.pop(k) for k in list(merged) if k.startswith(DRAW_PREFIX)},
             inputs={k[len(INPUT_PREFIX) :]: v for k, v in merged.items()},
         )
 
@@ -152,19 +185,22 @@ class AnchorCache:
         self,
         *,
         retention_mode: str,
-        layers: Sequence[int],
-        pooling: Sequence[str],
+        layers: Sequence[int] | None = None,
+        pooling: Sequence[str] | None = None,
+        anchor_targets: Sequence[str] | None = None,
         policy_type: str | None = None,
         hidden_dim: int | None = None,
         num_layers: int | None = None,
     ) -> None:
         """Raise :class:`CacheError` when this cache cannot serve the training config.
 
-        The message names each mismatching field with both values and gives the
-        ``craft build-cache`` command line that builds the right cache.
+        ``layers``, ``pooling`` and ``anchor_targets`` left ``None`` take the cache's own values:
+        only what the user set is checked. The message names each mismatching field with both
+        values and gives the ``craft build-cache`` command line that builds the right cache.
         """
         m = self.manifest
         problems: list[str] = []
+        missing: list[str] = []
         if retention_mode not in m.retention_modes:
             problems.append(f"retention_mode: config {retention_mode!r}, cache supports {m.retention_modes}")
         if policy_type is not None and policy_type != m.teacher.policy_type:
@@ -173,11 +209,15 @@ class AnchorCache:
             problems.append(f"number of layers: policy {num_layers}, cache teacher {m.num_layers_total}")
         if retention_mode == "hidden":
             total = num_layers if num_layers is not None else m.num_layers_total
-            resolved = [li + total if li < 0 else li for li in layers]
-            if resolved != list(m.layers):
-                problems.append(f"layers: config {list(layers)} (absolute {resolved}), cache {m.layers}")
-            if list(pooling) != list(m.pooling):
+            if layers is not None:
+                resolved = [li + total if li < 0 else li for li in layers]
+                if resolved != list(m.layers):
+                    problems.append(f"layers: config {list(layers)} (absolute {resolved}), cache {m.layers}")
+            if pooling is not None and list(pooling) != list(m.pooling):
                 problems.append(f"pooling: config {list(pooling)}, cache {m.pooling}")
+            missing = [t for t in (anchor_targets or []) if t not in m.anchor_targets]
+            if missing:
+                problems.append(f"anchor_targets: config {list(anchor_targets or [])}, cache holds {m.anchor_targets}")
             if hidden_dim is not None and hidden_dim != m.feature_shape[-1]:
                 problems.append(f"hidden size: policy {hidden_dim}, cache {m.feature_shape[-1]}")
         if problems:
@@ -185,10 +225,12 @@ class AnchorCache:
                 f"anchor cache {self.directory} does not fit the training config:\n  - "
                 + "\n  - ".join(problems)
                 + "\nBuild the right cache with:\n  "
-                + self.build_command(layers=layers, pooling=pooling)
+                + self.build_command(layers=layers, pooling=pooling, actions=True if missing else None)
             )
 
-    def build_command(self, *, layers: Sequence[int] | None = None, pooling: Sequence[str] | None = None) -> str:
+    def build_command(
+        self, *, layers: Sequence[int] | None = None, pooling: Sequence[str] | None = None, actions: bool | None = None
+    ) -> str:
         """The ``craft build-cache`` command line that rebuilds this cache (optionally with
         other layers/pooling)."""
         m = self.manifest
@@ -204,8 +246,10 @@ class AnchorCache:
             f"--layers={','.join(str(x) for x in (layers if layers is not None else m.layers_requested))}",
             f"--pooling={','.join(pooling if pooling is not None else m.pooling)}",
             f"--seed={m.dataset.seed}",
-            "--overwrite",
         ]
+        if not (actions if actions is not None else "actions" in m.anchor_targets):
+            args.append("--no-actions")
+        args.append("--overwrite")
         return " ".join(shlex.quote(a) for a in args)
 
     def describe(self) -> dict[str, Any]:
@@ -217,6 +261,9 @@ class AnchorCache:
             "layers": m.layers,
             "pooling": m.pooling,
             "feature_shape": m.feature_shape,
+            "anchor_targets": m.anchor_targets,
+            "action_kind": m.action_kind,
+            "action_shape": m.action_shape,
             "teacher": m.teacher.path,
             "policy_type": m.teacher.policy_type,
         }

@@ -2,8 +2,12 @@
 
 Per shard: load the anchor frames (a ``DataLoader`` over the fixed anchor indices, with the
 same delta timestamps a training run would use), run the teacher's own preprocessor, run the
-feature tap under ``no_grad`` with the teacher in ``eval()``, and write the pooled features
-plus the preprocessed inputs (see ``docs/cache-format.md``).
+feature tap under ``no_grad`` with the teacher in ``eval()``, and write the pooled features,
+the action pathway's output with the randomness it used (``--actions``, the default), and the
+*raw* frames (see ``docs/cache-format.md``): the student runs its own preprocessor on them.
+
+The action side's randomness is drawn per anchor row from a generator seeded by
+``(seed, row)``, so a cache does not depend on ``--batch-size`` or on where a build resumed.
 """
 
 from __future__ import annotations
@@ -12,23 +16,21 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from craft_plugin.cache.inputs import action_affine, decode_inputs, encode_inputs
 from craft_plugin.cache.manifest import DatasetInfo, Manifest, TeacherInfo, utc_now
 from craft_plugin.cache.shards import cat_rows, file_sha256
 from craft_plugin.cache.writer import CacheWriter
 
-__all__ = ["BuildOptions", "BuildSummary", "build_cache", "encode_inputs", "decode_inputs"]
+__all__ = ["BuildOptions", "BuildSummary", "anchor_rows", "build_cache", "describe_actions", "encode_inputs", "decode_inputs", "row_generator"]
 
 logger = logging.getLogger(__name__)
-
-#: Dataset bookkeeping columns: not model inputs, not stored (the frame index is in `index`).
-_BOOKKEEPING = frozenset({"index", "frame_index", "episode_index", "task_index", "timestamp"})
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -41,7 +43,7 @@ class BuildOptions:
     output_dir: str
     dataset_repo_id: str | None = None
     dataset_root: str | None = None
-    num_anchors: int = 1000
+    num_anchors: int | None = None  # None: every frame of the dataset
     layers: list[int] = field(default_factory=lambda: [-2, -1])
     pooling: list[str] | None = None  # None: the tap family's default
     batch_size: int = 8
@@ -51,6 +53,7 @@ class BuildOptions:
     dtype: str = "float32"
     shard_size: int = 256
     store_inputs: bool = True
+    actions: bool = True  # also anchor the action pathway (its output and randomness)
     overwrite: bool = False
 
     def identity(self) -> dict[str, Any]:
@@ -76,46 +79,9 @@ class BuildSummary:
         return self.bytes / max(self.anchors, 1)
 
 
-# ---------------------------------------------------------------------------------- inputs
-def encode_inputs(batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]]]:
-    """Tensors of a preprocessed batch for storage: images as uint8 when that is lossless.
-
-    An image tensor whose values are exactly ``k/255`` is stored as uint8 ``k`` (decoded back
-    bit-exactly); any other float image (e.g. mean/std-normalized) is stored as float32.
-    Non-tensor entries (task strings) are not stored: their token ids are.
-    """
-    out: dict[str, Tensor] = {}
-    spec: dict[str, dict[str, Any]] = {}
-    for key, value in batch.items():
-        if not isinstance(value, Tensor) or key in _BOOKKEEPING:
-            continue
-        t = value.detach().cpu()
-        encoding = "raw"
-        if "image" in key and t.is_floating_point():
-            as_u8 = torch.round(t.float() * 255.0).clamp(0, 255)
-            if torch.equal((as_u8 / 255.0).to(t.dtype), t):
-                t, encoding = as_u8.to(torch.uint8), "uint8/255"
-            else:
-                t = t.float()
-        elif t.is_floating_point() and t.dtype != torch.float32:
-            t = t.float()
-        out[key] = t.contiguous()
-        spec[key] = {"dtype": str(value.dtype).removeprefix("torch."), "shape": list(t.shape[1:]), "encoding": encoding}
-    return out, spec
-
-
-def decode_inputs(inputs: dict[str, Tensor], spec: dict[str, dict[str, Any]], device: str | torch.device = "cpu") -> dict[str, Tensor]:
-    """Undo :func:`encode_inputs`: the tensors exactly as the preprocessor produced them."""
-    out = {}
-    for key, t in inputs.items():
-        s = spec.get(key, {})
-        dtype = getattr(torch, s.get("dtype", str(t.dtype).removeprefix("torch.")))
-        if s.get("encoding") == "uint8/255":
-            t = (t.float() / 255.0).to(dtype)
-        else:
-            t = t.to(dtype)
-        out[key] = t.to(device)
-    return out
+def row_generator(seed: int, row: int) -> torch.Generator:
+    """The generator of anchor row ``row``'s action-side randomness (independent of batching)."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(row)) % (2**63 - 1))
 
 
 # ---------------------------------------------------------------------------------- build
@@ -165,18 +131,32 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
             "Without network access, pass --dataset.root pointing at a local copy."
         ) from err
     n_frames = len(dataset)
-    if opts.num_anchors < 1 or opts.num_anchors > n_frames:
-        raise ValueError(f"--num-anchors must be in 1..{n_frames} (frames in the dataset), got {opts.num_anchors}")
+    num_anchors = opts.num_anchors
+    if num_anchors is None:
+        num_anchors = n_frames
+        logger.info("--num-anchors not given: taking every frame of the dataset (%d anchors)", n_frames)
+    elif num_anchors < 1 or num_anchors > n_frames:
+        raise ValueError(
+            f"--num-anchors={num_anchors} cannot be met: the dataset has {n_frames} frames (give 1..{n_frames}, "
+            "or leave --num-anchors out to take every frame)"
+        )
+    opts = replace(opts, num_anchors=num_anchors)
     g = torch.Generator().manual_seed(opts.seed)
-    anchor_indices = sorted(torch.randperm(n_frames, generator=g)[: opts.num_anchors].tolist())
+    anchor_indices = sorted(torch.randperm(n_frames, generator=g)[:num_anchors].tolist())
+    tasks = _task_list(meta)
 
     tap = make_tap(policy)
     layers_abs = tap.resolve_layers(opts.layers)
     pooling = list(opts.pooling or tap.default_pooling)
+    probe_raw = default_collate([dataset[anchor_indices[0]]])
     with tap, torch.no_grad(), autocast:
-        probe = _preprocess(preprocessor, default_collate([dataset[anchor_indices[0]]]), opts.device)
-        feats = tap.features(probe, opts.layers, pooling)
-        _, input_spec = encode_inputs(probe)
+        probe = anchor_rows(
+            tap, preprocessor, probe_raw, layers=opts.layers, pooling=pooling, seed=opts.seed, rows=[0],
+            actions=opts.actions, store_inputs=False, device=opts.device,
+        )  # fmt: skip
+        feats = probe["features"]
+        _, input_spec = encode_inputs(probe_raw)
+        action_info = describe_actions(tap, preprocessor, probe) if opts.actions else {}
     root = Path(dataset.root)
     manifest = Manifest(
         created_at=utc_now(),
@@ -197,6 +177,9 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
             anchor_indices=anchor_indices,
             seed=opts.seed,
         ),
+        anchor_targets=["features", "actions"] if opts.actions else ["features"],
+        tasks=tasks,
+        **action_info,
         layers=layers_abs,
         layers_requested=list(opts.layers),
         num_layers_total=tap.num_layers,
@@ -206,14 +189,14 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
         retention_modes=["hidden", "token_ce"] if opts.store_inputs and "action" in input_spec else ["hidden"],
         stores_inputs=opts.store_inputs,
         input_keys=input_spec if opts.store_inputs else {},
-        num_anchors=opts.num_anchors,
+        num_anchors=num_anchors,
         shard_size=opts.shard_size,
         build_args=opts.identity(),
     )
     writer = CacheWriter(opts.output_dir, manifest, overwrite=opts.overwrite)
     state = {"complete": "complete-already", "resume": "resumed", "new": "built"}[writer.state]
     if writer.state == "complete":
-        logger.info("anchor cache %s is already complete (%d anchors); nothing to do", opts.output_dir, opts.num_anchors)
+        logger.info("anchor cache %s is already complete (%d anchors); nothing to do", opts.output_dir, num_anchors)
     else:
         pending = writer.pending()
         todo = sum(len(rows) for _, rows in pending)
@@ -226,15 +209,18 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
                     torch.utils.data.Subset(dataset, frames), batch_size=opts.batch_size, shuffle=False, **loader_kwargs
                 )
                 parts: dict[str, list[Tensor]] = {}
+                done = 0
                 for raw in loader:
-                    batch = _preprocess(preprocessor, raw, opts.device)
-                    f = tap.features(batch, opts.layers, pooling).float().cpu()
-                    parts.setdefault("features", []).append(f)
-                    if opts.store_inputs:
-                        enc, _ = encode_inputs(batch)
-                        for key, t in enc.items():
-                            parts.setdefault("input." + key, []).append(t)
-                    bar.update(f.shape[0])
+                    n = len(next(v for v in raw.values() if isinstance(v, Tensor)))
+                    got = anchor_rows(
+                        tap, preprocessor, raw, layers=opts.layers, pooling=pooling, seed=opts.seed,
+                        rows=rows[done : done + n], actions=opts.actions, store_inputs=opts.store_inputs,
+                        device=opts.device,
+                    )  # fmt: skip
+                    for name, t in got.items():
+                        parts.setdefault(name, []).append(t)
+                    done += n
+                    bar.update(n)
                 tensors = {name: cat_rows(v, name) for name, v in parts.items()}
                 tensors["index"] = torch.tensor(frames, dtype=torch.int64)
                 writer.add_shard(k, tensors)
@@ -243,12 +229,73 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
     return BuildSummary(
         directory=str(opts.output_dir),
         state=state,
-        anchors=opts.num_anchors,
+        anchors=num_anchors,
         shards=len(writer.manifest.shards),
         bytes=writer.total_bytes(),
         seconds=time.perf_counter() - t0,
         feature_shape=list(writer.manifest.feature_shape),
     )
+
+
+def anchor_rows(
+    tap: Any,
+    preprocessor: Any,
+    raw: dict[str, Any],
+    *,
+    layers: list[int],
+    pooling: list[str],
+    seed: int,
+    rows: list[int],
+    actions: bool = True,
+    store_inputs: bool = True,
+    device: str = "cpu",
+) -> dict[str, Tensor]:
+    """One batch of anchor rows as a shard stores them: the teacher's pooled ``features``, its
+    ``action_target`` and ``draw.<name>`` randomness (``actions``), the raw frames as
+    ``input.<key>`` and ``task_index`` (``store_inputs``). ``raw`` is a collated dataset batch;
+    the teacher (in ``eval()``, under ``no_grad``, tap entered) sees it through ``preprocessor``."""
+    batch = _preprocess(preprocessor, raw, device)
+    out: dict[str, Tensor] = {"features": tap.features(batch, layers, pooling).float().cpu()}
+    if actions:
+        draw = _draws(tap, batch, seed, rows)
+        out["action_target"] = tap.action_output(batch, draw).float().cpu()
+        out.update({"draw." + name: t.cpu() for name, t in draw.items()})
+    if store_inputs:
+        enc, _ = encode_inputs(raw)
+        out.update({"input." + key: t for key, t in enc.items()})
+        if "task_index" in raw and isinstance(raw["task_index"], Tensor):
+            out["task_index"] = raw["task_index"].reshape(-1).to(torch.int64)
+    return out
+
+
+def describe_actions(tap: Any, preprocessor: Any, probe: dict[str, Tensor]) -> dict[str, Any]:
+    """The manifest's action fields for a tap, from one probe row of :func:`anchor_rows`."""
+    scale, shift = action_affine(preprocessor, tap.action_dim)
+    return {
+        "action_kind": tap.action_kind,
+        "action_shape": list(probe["action_target"].shape[1:]),
+        "action_norm": {"scale": scale.tolist(), "shift": shift.tolist()},
+        "draw_keys": sorted(k.removeprefix("draw.") for k in probe if k.startswith("draw.")),
+    }
+
+
+def _draws(tap: Any, batch: dict[str, Any], seed: int, rows: list[int]) -> dict[str, Tensor]:
+    """The action side's randomness for ``rows`` of ``batch``: one seeded generator per anchor row."""
+    per_row: list[dict[str, Tensor]] = []
+    for i, row in enumerate(rows):
+        one = {k: (v[i : i + 1] if isinstance(v, Tensor) else v[i : i + 1] if isinstance(v, list) else v) for k, v in batch.items()}
+        per_row.append(tap.draw_action_randomness(one, row_generator(seed, row)))
+    names = sorted(per_row[0]) if per_row else []
+    return {name: torch.cat([d[name] for d in per_row]) for name in names}
+
+
+def _task_list(meta: Any) -> list[str]:
+    """The dataset's task strings, at their ``task_index``."""
+    tasks = getattr(meta, "tasks", None)
+    if tasks is None or len(tasks) == 0:
+        return []
+    by_index = {int(row.task_index): str(name) for name, row in tasks.iterrows()}
+    return [by_index.get(i, "") for i in range(max(by_index) + 1)]
 
 
 def _preprocess(preprocessor: Any, raw: dict[str, Any], device: str) -> dict[str, Any]:

@@ -29,8 +29,10 @@ __all__ = [
     "shard_name",
 ]
 
-#: Version of the cache layout; a reader refuses a cache written with a newer one.
-SCHEMA_VERSION = 1
+#: Version of the cache layout; a reader refuses a cache written with a newer one, and one
+#: written with an older one (1: inputs stored after the teacher's preprocessor, no action
+#: anchors) with a "rebuild it" message.
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 
 
@@ -81,6 +83,21 @@ class Manifest(_Strict):
     versions: dict[str, str] = Field(description="craft_plugin, lerobot and torch versions of the build.")
     teacher: TeacherInfo
     dataset: DatasetInfo
+    anchor_targets: list[Literal["features", "actions"]] = Field(
+        default_factory=lambda: ["features"],
+        description="What hidden mode can anchor: backbone features and/or the action pathway's output.",
+    )
+    action_kind: str | None = Field(None, description="The tap's action_kind: action, velocity, epsilon or hidden.")
+    action_shape: list[int] | None = Field(None, description="Per-anchor shape of action_target.")
+    action_norm: dict[str, list[float]] | None = Field(
+        None,
+        description="The teacher's action normalization as an affine map per action dimension: "
+        "raw = normalized * scale + shift.",
+    )
+    draw_keys: list[str] = Field(default_factory=list, description="The action side's stored randomness (draw.<name>).")
+    action_mean: list[float] | None = Field(None, description="Per-element mean of action_target (flat).")
+    action_std: list[float] | None = Field(None, description="Per-element std of action_target (flat).")
+    tasks: list[str] = Field(default_factory=list, description="Task strings; the task_index of each anchor points here.")
     layers: list[int] = Field(description="Absolute layer indices (negative ones resolved).")
     layers_requested: list[int]
     num_layers_total: int
@@ -125,6 +142,11 @@ def load_manifest(directory: str | Path) -> Manifest:
     if not isinstance(raw, dict):
         raise CacheError(f"{path} does not hold a JSON object; {rebuild}")
     version = raw.get("schema_version")
+    if isinstance(version, int) and version < SCHEMA_VERSION:
+        raise CacheError(
+            f"{path} has schema_version {version}: it was built by an older craft-plugin (inputs after the "
+            "teacher's preprocessor, no action anchors), which this version cannot train from; " + rebuild
+        )
     if isinstance(version, int) and version > SCHEMA_VERSION:
         raise CacheError(
             f"{path} has schema_version {version}, newer than this craft-plugin understands ({SCHEMA_VERSION}); "

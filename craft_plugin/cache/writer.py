@@ -35,7 +35,10 @@ __all__ = ["CacheWriter"]
 logger = logging.getLogger(__name__)
 
 #: Manifest fields that must match for a rerun to resume an existing build.
-_IDENTITY_FIELDS = ("teacher", "dataset", "layers", "pooling", "feature_shape", "dtype", "stores_inputs", "shard_size", "num_anchors")
+_IDENTITY_FIELDS = (
+    "teacher", "dataset", "layers", "pooling", "feature_shape", "dtype", "stores_inputs", "shard_size", "num_anchors",
+    "anchor_targets", "action_kind", "action_shape", "action_norm", "draw_keys",
+)  # fmt: skip
 
 
 class CacheWriter:
@@ -62,6 +65,7 @@ class CacheWriter:
             manifest.shards = self._keep_valid_shards(existing)
             manifest.complete = existing.complete and len(manifest.shards) == len(existing.shards)
             manifest.feature_mean, manifest.feature_std = existing.feature_mean, existing.feature_std
+            manifest.action_mean, manifest.action_std = existing.action_mean, existing.action_std
             self.state = "complete" if manifest.complete else "resume"
         elif self.directory.exists() and overwrite:
             self._clear()
@@ -111,13 +115,17 @@ class CacheWriter:
         return info
 
     def finalize(self) -> Manifest:
-        """Compute the per-dimension feature statistics and mark the cache complete."""
+        """Compute the per-dimension feature (and action-target) statistics and mark the cache complete."""
         m = self.manifest
         if m.rows_done != m.num_anchors:
             raise CacheError(f"cannot finalize {self.directory}: {m.rows_done} of {m.num_anchors} anchors written")
         mean, std = self._feature_stats()
         m.feature_mean = mean.flatten().tolist()
         m.feature_std = std.flatten().tolist()
+        if "actions" in m.anchor_targets:
+            mean, std = self._feature_stats("action_target")
+            m.action_mean = mean.flatten().tolist()
+            m.action_std = std.flatten().tolist()
         m.complete = True
         m.updated_at = utc_now()
         save_manifest(self.directory, m)
@@ -129,13 +137,13 @@ class CacheWriter:
         ).stat().st_size
 
     # ------------------------------------------------------------------ helpers
-    def _feature_stats(self) -> tuple[Tensor, Tensor]:
-        """Streamed over shards in float64 (one shard's features in memory at a time)."""
+    def _feature_stats(self, name: str = "features") -> tuple[Tensor, Tensor]:
+        """Streamed over shards in float64 (one shard's tensor ``name`` in memory at a time)."""
         total = 0
         s1: Tensor | None = None
         s2: Tensor | None = None
         for info in self.manifest.shards:
-            f = ShardReader(self.directory / info.file).tensor("features").double()
+            f = ShardReader(self.directory / info.file).tensor(name).double()
             s1 = f.sum(0) if s1 is None else s1 + f.sum(0)
             s2 = (f * f).sum(0) if s2 is None else s2 + (f * f).sum(0)
             total += f.shape[0]

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from craft_plugin.cache import AnchorCache
-from craft_plugin.cache.builder import BuildOptions, build_cache, decode_inputs
+from craft_plugin.cache.builder import BuildOptions, build_cache
 from craft_plugin.cache.manifest import load_manifest
 from craft_plugin.core.losses import hidden_mse
 from craft_plugin.taps import make_tap
+from support.policy_cache import preprocessed_rows, teacher_preprocessor
 
 CRAFT = str(Path(sys.executable).parent / "craft")
 
@@ -103,8 +104,7 @@ def test_features_recomputed_from_stored_inputs_equal_the_cache(world, tmp_path)
         progress=False,
     )  # fmt: skip
     cache = AnchorCache(out)
-    batch = cache.rows(list(range(len(cache))))
-    inputs = decode_inputs(batch.inputs, cache.manifest.input_keys)
+    batch, inputs = preprocessed_rows(cache, teacher_preprocessor(world / "act"))
     student = _load_teacher(world)
     with make_tap(student) as tap, torch.no_grad():
         feats = tap.features(inputs, cache.manifest.layers_requested, cache.pooling)
@@ -163,8 +163,8 @@ def test_build_from_a_video_dataset_decodes_and_keeps_the_invariant(world, tmp_p
     )  # fmt: skip
     assert summary.state == "built" and summary.shards == 2 and summary.bytes_per_anchor > 0
     cache = AnchorCache(out)
-    batch = cache.rows(list(range(len(cache))))
+    batch, inputs = preprocessed_rows(cache, teacher_preprocessor(world / "act"))
     student = _load_teacher(world)
     with make_tap(student) as tap, torch.no_grad():
-        feats = tap.features(decode_inputs(batch.inputs, cache.manifest.input_keys), [-2, -1], cache.pooling)
+        feats = tap.features(inputs, [-2, -1], cache.pooling)
     torch.testing.assert_close(feats, batch.features, atol=1e-5, rtol=0)

@@ -7,21 +7,26 @@ from __future__ import annotations
 import torch
 
 from craft_plugin.cache import AnchorCache
-from craft_plugin.cache.builder import BuildOptions, build_cache, decode_inputs
+from craft_plugin.cache.builder import BuildOptions, build_cache
 from craft_plugin.taps import make_tap
+from support.policy_cache import preprocessed_rows
 
 
-def _check_invariant(policy, out):
+def _check_invariant(policy, pre, out):
+    """Raw frames stored (uint8 images, task strings by index); the student's preprocessor
+    tokenizes them again and recomputes the cached features and action targets."""
     cache = AnchorCache(out)
     spec = cache.manifest.input_keys
     images = [k for k in spec if k.startswith("observation.images") and spec[k]["dtype"].startswith("float")]
     assert images and all(spec[k]["encoding"] == "uint8/255" for k in images)
-    tokens = [k for k in spec if "tokens" in k]
-    assert tokens and all(spec[k]["dtype"] == "int64" for k in tokens)
-    batch = cache.rows(list(range(len(cache))))
+    assert not [k for k in spec if "tokens" in k], "raw frames, not the teacher's tokenized batch"
+    assert sorted(cache.manifest.tasks) == ["pick up the cube", "push"]
+    batch, inputs = preprocessed_rows(cache, pre)
     with make_tap(policy.eval()) as tap, torch.no_grad():
-        feats = tap.features(decode_inputs(batch.inputs, spec), cache.manifest.layers_requested, cache.pooling)
+        feats = tap.features(inputs, cache.manifest.layers_requested, cache.pooling)
+        actions = tap.action_output(inputs, batch.draw)
     torch.testing.assert_close(feats, batch.features, atol=1e-5, rtol=0)
+    torch.testing.assert_close(actions, batch.action_target, atol=1e-5, rtol=0)
     return cache
 
 
@@ -46,7 +51,7 @@ def test_pi05_teacher(tmp_path):
             progress=False,
         )  # fmt: skip
     assert summary.state == "built" and summary.feature_shape[:2] == [2, 2]
-    cache = _check_invariant(policy, tmp_path / "cache")
+    cache = _check_invariant(policy, pre, tmp_path / "cache")
     assert cache.manifest.teacher.policy_type == "pi05" and cache.pooling == ["mean_image_tokens", "last_token"]
 
 
@@ -66,4 +71,4 @@ def test_smolvla_teacher(tmp_path):
         progress=False,
     )  # fmt: skip
     assert summary.state == "built"
-    _check_invariant(policy, tmp_path / "cache")
+    _check_invariant(policy, pre, tmp_path / "cache")

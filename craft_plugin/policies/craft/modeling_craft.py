@@ -63,6 +63,8 @@ class CRaFTPolicy(PreTrainedPolicy):
                 self.base = base_cls(base_cfg, dataset_stats=dataset_stats, **base_kwargs)
             except TypeError:
                 self.base = base_cls(base_cfg)
+        self._dataset_stats = dataset_stats
+        self._student_preprocessor: Any = None
         self._hook: CraftHook | None = None
         config._craft_state_writer = weakref.WeakMethod(self._write_craft_state)
         self._retention: Any = None
@@ -86,7 +88,30 @@ class CRaFTPolicy(PreTrainedPolicy):
             )
         cache = AnchorCache(c.anchor_cache_dir)
         # Each process draws its own anchors (seed + rank); L_ret is averaged before the dual step.
-        self._retention = make_retention(self.base, cache, c, seed=_rank(), device=str(self.config.device or "cpu"))
+        self._retention = make_retention(
+            self.base, cache, c, preprocessor=self.retention_preprocessor(), seed=_rank(),
+            device=str(self.config.device or "cpu"),
+        )  # fmt: skip
+
+    def retention_preprocessor(self) -> Any:
+        """The preprocessor the anchors go through: the one this run trains with.
+
+        A fresh run builds it exactly as ``lerobot-train`` builds the training preprocessor
+        (:func:`make_craft_pre_post_processors` with the dataset's statistics, so the same
+        ``--policy.normalization``); a policy loaded from a checkpoint (resume) reads the
+        checkpoint's saved preprocessor, which LeRobot also trains with on resume.
+        """
+        if self._student_preprocessor is None:
+            from lerobot.policies.factory import make_pre_post_processors
+
+            from craft_plugin.policies.craft.processor_craft import make_craft_pre_post_processors
+
+            if self.config.pretrained_path is not None:
+                pre, _ = make_pre_post_processors(self.config, pretrained_path=str(self.config.pretrained_path))
+            else:
+                pre, _ = make_craft_pre_post_processors(self.config, dataset_stats=self._dataset_stats)
+            self._student_preprocessor = pre
+        return self._student_preprocessor
 
     def _ensure_hook(self) -> CraftHook:
         if self._hook is None:
@@ -118,6 +143,8 @@ class CRaFTPolicy(PreTrainedPolicy):
             self._check_cache()
         hook = self._ensure_hook()
         loss, metrics = hook.surrogate(task_loss, self._retention)
+        if "L_ret" in metrics and len(getattr(self._retention, "last_parts", {})) > 1:
+            metrics.update({f"L_ret_{k}": v for k, v in self._retention.last_parts.items()})
         for key, value in metrics.items():
             output[key] = value
         self._append_metrics(hook.step_count, metrics)
