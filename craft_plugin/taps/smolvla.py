@@ -51,6 +51,34 @@ image / language tokens never attend to the state token, so these features canno
 VLM is trained (``train_expert_only=False``). Even then LeRobot freezes the last VLM layer
 (two when the expert has half as many layers) and the final norm, whose prefix output the loss
 never uses: the last layers' features drift only through the layers before them.
+
+Action pathway (``action_kind = "velocity"``)
+---------------------------------------------
+The anchor is the action expert's predicted flow-matching velocity ``v_t`` — the output of
+``VLAFlowMatching.action_out_proj`` over the chunk, what the loss ``mse(noise - actions, v_t)``
+trains — at a *stored* noise and time:
+
+* ``draw_action_randomness`` draws, from the caller's ``torch.Generator`` only, ``noise``
+  ``[B, chunk_size, max_action_dim]`` ~ N(0, 1) (padded, the shape ``forward`` samples) and
+  ``time`` ``[B]`` from SmolVLA's own ``sample_time``: ``Beta(1.5, 1) * 0.999 + 0.001``
+  (hard-coded in LeRobot, not in the config), drawn exactly as ``U**(1/1.5)``. The cache stores
+  the draw, so teacher and student are compared on the same
+  ``x_t = time * noise + (1 - time) * actions``: a fresh draw would make the target a different
+  random variable at every step.
+* ``action_output`` runs SmolVLA's own training pass — ``SmolVLAPolicy.forward``'s preparation
+  (``adapt_to_pi_aloha`` on a copy, ``prepare_images``, ``prepare_state``, ``prepare_action``)
+  then ``VLAFlowMatching.forward(..., noise, time)`` — and returns ``v_t``, read by a forward
+  hook on ``action_out_proj`` that exists only during the call (the ``with`` block's hooks are
+  the VLM ones above), restricted to the real action dims:
+  ``[B, chunk_size, action_dim]``. ``(noise - actions - v_t)**2`` over the real dims is exactly
+  the policy's per-element loss (``forward(..., reduction="none")`` averages it over the valid
+  steps).
+
+With LeRobot's default ``train_expert_only=True`` the expert (and the state / action / time
+projections) is the only trainable part, so this is the anchor that keeps the old actions.
+Cache bytes per anchor (float32): ``chunk_size * action_dim * 4`` (output) +
+``chunk_size * max_action_dim * 4`` (noise) + ``4`` (time) — 7,804 bytes for SmolVLA's defaults
+(chunk 50, max_action_dim 32) and a 7-dim action.
 """
 
 from __future__ import annotations
@@ -65,10 +93,14 @@ from torch import Tensor, nn
 
 from craft_plugin.core.pooling import TokenMasks
 from craft_plugin.taps.base import FeatureTap, TapOutput, register_tap
+from craft_plugin.taps.paligemma import check_flow_draw, draw_flow_matching, record_velocity
 
 __all__ = ["SmolVLATap"]
 
 logger = logging.getLogger(__name__)
+
+#: SmolVLA's flow-matching time distribution, ``VLAFlowMatching.sample_time`` (hard-coded there).
+TIME_BETA_ALPHA, TIME_BETA_BETA, TIME_SCALE, TIME_OFFSET = 1.5, 1.0, 0.999, 0.001
 
 
 @register_tap
@@ -77,6 +109,7 @@ class SmolVLATap(FeatureTap):
 
     policy_types = ("smolvla",)
     default_pooling = ("mean_image_tokens", "last_token")
+    action_kind = "velocity"
 
     def __init__(self, policy: nn.Module) -> None:
         super().__init__(policy)
@@ -230,3 +263,48 @@ class SmolVLATap(FeatureTap):
                 f"(images {image_token_counts}, language {n_lang}, 1 state); SmolVLA's embed_prefix changed"
             )
         return TokenMasks(valid=pad_masks.bool(), vision=vision, text=text)
+
+    # -- the action pathway (see the module docstring) ----------------------------------------
+    def draw_action_randomness(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
+        """``{"noise": [B, chunk_size, max_action_dim], "time": [B]}`` from ``generator`` only."""
+        from lerobot.utils.constants import OBS_LANGUAGE_TOKENS
+
+        if OBS_LANGUAGE_TOKENS not in batch:
+            raise KeyError(f"batch has no {OBS_LANGUAGE_TOKENS!r}; pass it through the policy's preprocessor")
+        c: Any = self.policy.config
+        return draw_flow_matching(
+            int(batch[OBS_LANGUAGE_TOKENS].shape[0]),
+            int(c.chunk_size),
+            int(c.max_action_dim),
+            generator,
+            alpha=TIME_BETA_ALPHA,
+            beta=TIME_BETA_BETA,
+            scale=TIME_SCALE,
+            offset=TIME_OFFSET,
+        )
+
+    def action_output(self, batch: dict[str, Any], draw: dict[str, Tensor]) -> Tensor:
+        """The expert's velocity ``v_t`` ``[B, chunk_size, action_dim]`` at ``draw``'s noise and time."""
+        from lerobot.utils.constants import ACTION, OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS, OBS_STATE
+
+        for key in (OBS_LANGUAGE_TOKENS, OBS_LANGUAGE_ATTENTION_MASK, OBS_STATE, ACTION):
+            if key not in batch:
+                raise KeyError(
+                    f"SmolVLATap.action_output: batch has no {key!r}; pass a batch with actions through the "
+                    "policy's preprocessor"
+                )
+        policy: Any = self.policy
+        batch = dict(batch)
+        if policy.config.adapt_to_pi_aloha:  # as SmolVLAPolicy.forward does, but on a copy
+            batch[OBS_STATE] = policy._pi_aloha_decode_state(batch[OBS_STATE].clone())
+            batch[ACTION] = policy._pi_aloha_encode_actions_inv(batch[ACTION].clone())
+        images, img_masks = policy.prepare_images(batch)
+        state = policy.prepare_state(batch)
+        actions = policy.prepare_action(batch)
+        noise, time = check_flow_draw(draw, actions)
+        with record_velocity(self._model.action_out_proj, type(self).__name__) as store:
+            self._model.forward(
+                images, img_masks, batch[OBS_LANGUAGE_TOKENS], batch[OBS_LANGUAGE_ATTENTION_MASK], state, actions,
+                noise, time,
+            )  # fmt: skip
+        return store[0][:, :, : self.action_dim].to(torch.float32)
