@@ -73,6 +73,7 @@ class BuildSummary:
     bytes: int
     seconds: float
     feature_shape: list[int]
+    every_frame: bool = False  # --num-anchors was not given: every frame of the dataset is an anchor
 
     @property
     def bytes_per_anchor(self) -> float:
@@ -131,7 +132,7 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
             "Without network access, pass --dataset.root pointing at a local copy."
         ) from err
     n_frames = len(dataset)
-    num_anchors = opts.num_anchors
+    num_anchors = opts_num_anchors_given = opts.num_anchors
     if num_anchors is None:
         num_anchors = n_frames
         logger.info("--num-anchors not given: taking every frame of the dataset (%d anchors)", n_frames)
@@ -234,6 +235,7 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
         bytes=writer.total_bytes(),
         seconds=time.perf_counter() - t0,
         feature_shape=list(writer.manifest.feature_shape),
+        every_frame=opts_num_anchors_given is None,
     )
 
 
