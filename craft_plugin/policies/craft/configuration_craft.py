@@ -13,16 +13,47 @@ normalization mapping, delta indices and optimizer/scheduler presets are the bas
 every other ``lerobot-train`` flag keeps its meaning. The CRaFT settings are the ``craft``
 block, a :class:`craft_plugin.CraftConfig` (a pydantic dataclass draccus parses directly), or
 a file given by ``craft_config_file``.
+
+Options of the base policy: ``base_options``, a mapping of the base config's field names to
+values, written as a YAML/JSON mapping on the command line (quote it for the shell)::
+
+    --policy.base_options='{train_expert_only: false, n_action_steps: 10}'
+    --policy.base_options='{"train_expert_only": false}'
+
+(``--policy.base.train_expert_only=false`` cannot work: LeRobot's parser, draccus, registers
+one command-line flag per field of the *classes* it knows before it reads the command line,
+and the base's class is only known once ``base_path`` is read; such a flag stops with
+``unrecognized arguments``.) The options are applied to the loaded base config
+(:attr:`CRaFTConfig.base_config`) as if they had been in its ``config.json``: the base class
+is re-instantiated with them, so its own checks (``__post_init__``) run. An unknown name
+stops with a ``ValueError`` naming it and listing close matches among the base config's
+fields; a value of the wrong type stops with one naming the option, the value and the
+expected type (strings are converted as LeRobot's parser would: ``"false"`` → ``False``,
+``"10"`` → ``10``). The options persist: a checkpoint's ``base/config.json`` holds the changed
+values and its ``config.json`` the ``base_options`` themselves; loading the checkpoint
+(``from_pretrained``, ``--resume``) reads ``base/config.json`` and sets the same values again,
+which changes nothing (setting an option is idempotent); a different value given then wins.
+
+Normalization statistics: ``normalization`` (see :mod:`.processor_craft`): ``base`` (default,
+the base checkpoint's), ``dataset`` (the new dataset's, what ``--policy.path`` does) or
+``merged`` (those of the 50/50 mixture of both). ``renormalize=true`` is a deprecated alias
+of ``normalization=dataset``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import logging
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import draccus
+import yaml
 from lerobot.configs.policies import PreTrainedConfig
 
 from craft_plugin.config import CraftConfig
@@ -30,6 +61,7 @@ from craft_plugin.config import CraftConfig
 logger = logging.getLogger(__name__)
 
 BASE_CONFIG_DIR = "base"
+NORMALIZATION_MODES = ("base", "dataset", "merged")
 
 
 @PreTrainedConfig.register_subclass("craft")
@@ -39,21 +71,54 @@ class CRaFTConfig(PreTrainedConfig):
 
     base_path: str | None = None
     base_type: str | None = None
+    # Options of the base policy config, e.g. '{train_expert_only: false}' (a YAML/JSON mapping).
+    base_options: dict[str, Any] = field(default_factory=dict)
     craft: CraftConfig = field(default_factory=CraftConfig)
     craft_config_file: str | None = None
+    # Normalization statistics: base (the base checkpoint's), dataset (the new dataset's) or merged.
+    normalization: str = "base"
+    # Deprecated: renormalize=true is normalization=dataset.
     renormalize: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.craft_config_file:
             self.craft = CraftConfig.from_file(self.craft_config_file)
+        self._check_normalization()
+        if self.base_options is None:
+            self.base_options = {}
+        if not isinstance(self.base_options, dict):
+            _fail(
+                f"--policy.base_options must be a mapping of the base config's options to values, e.g. "
+                f"--policy.base_options='{{train_expert_only: false}}'; got {self.base_options!r}"
+            )
         self._base_config: PreTrainedConfig | None = None
+
+    def _check_normalization(self) -> None:
+        mode = str(self.normalization).strip().lower()
+        if self.renormalize:
+            if mode not in ("base", "dataset"):
+                _fail(
+                    f"--policy.renormalize=true (deprecated, means --policy.normalization=dataset) contradicts "
+                    f"--policy.normalization={self.normalization}; drop --policy.renormalize"
+                )
+            logger.warning(
+                "--policy.renormalize=true is deprecated: use --policy.normalization=dataset (its meaning)"
+            )
+            mode, self.renormalize = "dataset", False
+        if mode not in NORMALIZATION_MODES:
+            _fail(
+                f"--policy.normalization={self.normalization!r} is not one of {', '.join(NORMALIZATION_MODES)} "
+                "(base: the base checkpoint's statistics; dataset: the new dataset's; merged: both, as a "
+                "50/50 mixture)"
+            )
+        self.normalization = mode
 
     # ------------------------------------------------------------------ the base config
     @property
     def base_config(self) -> PreTrainedConfig:
         if self._base_config is None:
-            self._base_config = self._load_base_config()
+            self._base_config = apply_base_options(self._load_base_config(), self.base_options)
             self._base_config.device = self.device
         return self._base_config
 
@@ -126,3 +191,105 @@ class CRaFTConfig(PreTrainedConfig):
 
     def describe(self) -> str:
         return json.dumps({"base": self.base_path or self.base_type, "craft": self.craft.to_dict()})
+
+
+# ---------------------------------------------------------------------- base options
+def _fail(message: str) -> typing.NoReturn:
+    # draccus wraps an error raised while it builds the config into "Couldn't instantiate class
+    # ..."; log the readable message first (as craft_plugin.config does).
+    logger.error(message)
+    raise ValueError(message)
+
+
+def apply_base_options(base: PreTrainedConfig, options: dict[str, Any] | None) -> PreTrainedConfig:
+    """``base`` re-instantiated with ``options`` (field name → value) set, checked and typed.
+
+    Raises ``ValueError`` for an unknown field (with close matches), a value of the wrong type
+    (with the expected type), or a combination the base class's own checks refuse.
+    """
+    if not options:
+        return base
+    cls = type(base)
+    kind = base.type
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an unresolvable annotation: fall back to each field's own annotation
+        hints = {}
+    values: dict[str, Any] = {}
+    for name, value in options.items():
+        if name not in fields:
+            close = difflib.get_close_matches(str(name), list(fields), n=5, cutoff=0.6)
+            hint = (
+                f"close matches: {', '.join(close)}"
+                if close
+                else f"the {kind} config's options are: {', '.join(sorted(fields))}"
+            )
+            raise ValueError(f"--policy.base_options: the {kind} base config has no option {name!r}; {hint}")
+        typ = hints.get(name, fields[name].type)
+        values[name] = _typed_value(kind, name, value, typ)
+    try:
+        updated = dataclasses.replace(base, **values)
+    except Exception as err:
+        raise ValueError(f"--policy.base_options {options}: the {kind} base config refuses them: {err}") from err
+    logger.info("CRaFT: base (%s) options set: %s", kind, ", ".join(f"{k}={v!r}" for k, v in values.items()))
+    return updated
+
+
+def _typed_value(kind: str, name: str, value: Any, typ: Any) -> Any:
+    """``value`` decoded as LeRobot's parser decodes a field of type ``typ``, or a ValueError."""
+    if isinstance(typ, str) or typ is Any:  # annotation not resolvable: take the value as given
+        return value
+    members = _union_members(typ)
+    optional = type(None) in members
+    members = [m for m in members if m is not type(None)]
+
+    def wrong(detail: str = "") -> ValueError:
+        tail = f" ({detail})" if detail else ""
+        return ValueError(
+            f"--policy.base_options: {name}={value!r} is not a valid value for the {kind} base config's "
+            f"option {name!r}: expected {_type_name(typ)}{tail}"
+        )
+
+    if value is None:
+        if optional:
+            return None
+        raise wrong()
+    candidates = [value]
+    if isinstance(value, str) and str not in members:
+        try:
+            candidates.append(yaml.safe_load(value))  # "false" → False, "10" → 10, "[1, 2]" → [1, 2]
+        except yaml.YAMLError:
+            pass
+    detail = ""
+    for candidate in candidates:
+        if candidate is None:
+            if optional:
+                return None
+            continue
+        if isinstance(candidate, bool) and bool not in members and any(m in (int, float) for m in members):
+            continue  # draccus would turn True into 1
+        try:
+            decoded = draccus.decode(typ, candidate)
+        except Exception as err:
+            detail = str(err)
+            continue
+        plain = tuple(m for m in members if isinstance(m, type) and typing.get_origin(m) is None)
+        if plain and len(plain) == len(members):
+            accepted = plain + ((int,) if float in plain else ())
+            if not isinstance(decoded, accepted) or (isinstance(decoded, bool) and bool not in plain):
+                continue
+        return decoded
+    raise wrong(detail)
+
+
+def _union_members(typ: Any) -> list[Any]:
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        return list(typing.get_args(typ))
+    return [typ]
+
+
+def _type_name(typ: Any) -> str:
+    if isinstance(typ, type) and typing.get_origin(typ) is None:
+        return typ.__name__
+    return str(typ).replace("typing.", "")
