@@ -1,33 +1,81 @@
 """``craft demo``: the forgetting experiment of SPEC §7, end to end, offline, on a CPU.
 
+Two policy families (:attr:`DemoPlan.family`):
+
+* ``smolvla`` — a small SmolVLA built from a config with random weights on a stand-in SmolVLM
+  (:mod:`craft_plugin.demo.small_smolvla`; its folder lives in ``OUT/vlm`` and every checkpoint
+  names it), whose VLM is first taught a scene-MCQ set (:func:`teach_mcq`) so that forgetting
+  of the VLM's knowledge can be measured with ``craft eval-mcq``. ``train_expert_only``
+  (:attr:`DemoPlan.train_expert_only`) is the value the base is built with, and so the value
+  every fine-tune inherits: ``False`` (the demo's) trains the VLM too, so it can forget;
+  ``True`` is LeRobot's default (the VLM frozen, only the action expert learns).
+* ``act`` — a tiny ACT trained from scratch by stock ``lerobot-train --policy.type=act``:
+  dim 128, 8 heads, feed-forward 512, 2 encoder / 1 decoder layers, no VAE, chunk 10, a
+  ResNet-18 from scratch (``--policy.pretrained_backbone_weights=null``: nothing downloaded),
+  lr 3e-4 for the transformer and the backbone (ACT's default 1e-5 barely moves from scratch;
+  see ``LEROBOT-NOTES``: "A plain fine-tune on Meta-World"). ACT has no language model: the
+  mcq stage and ``craft eval-mcq`` are skipped and the report shows "—" for MCQ.
+
 Stages, each through the project's public commands where one exists (so the demo is also the
 integration test a user would run):
 
 1. **data** — task A = Meta-World ``push-v3``, task B = ``reach-v3`` (one scene), scripted
    expert episodes written as LeRobot datasets (:mod:`craft_plugin.demo.metaworld_data`;
-   cached on disk, so a second demo skips it), held-out episodes of both, and the replay set
-   (all B episodes + ``replay_episodes`` A episodes).
-2. **mcq** — generated scene questions (:func:`make_scene_mcq`), one set to teach, a disjoint
-   one to test. Colour questions only: the small VLM learnt them to 97.5 % held-out accuracy in
-   200 teaching steps (13 s), while colour + position reached 65 % in 500 steps (tried here).
-3. **base** — a small SmolVLA built from a config with random weights on a stand-in SmolVLM
-   (:mod:`craft_plugin.demo.small_smolvla`; its folder lives in ``OUT/vlm`` and every
-   checkpoint names it), whose VLM is first taught the MCQ set (:func:`teach_mcq`), then trained
-   on task A with stock ``lerobot-train``. ``train_expert_only=False``: the VLM trains too, so
-   it can forget.
-4. **cache** — ``craft build-cache`` from the base on task A.
-5. **runs** — from the base, on task B, same steps, batch and seed: ``naive``
-   (``--policy.path``), ``replay`` (same, on the replay set), ``craft_token_ce`` and
-   ``craft_hidden`` (``--policy.type=craft --policy.base_path``). Each run's console output is
-   kept in ``OUT/runs/<method>/train.log``.
-6. **eval** — each checkpoint loaded once: held-out action L1 on A and B (:func:`action_error`),
-   seeded rollouts with Wilson intervals (:func:`rollout_success`), and ``craft eval-mcq``
-   (each fine-tuned run against ``naive``, paired); all into ``OUT/runs/<method>/eval.json``.
-7. **report** — ``craft report`` → ``OUT/report/report.md`` and the PNG plots.
+   cached on disk, so a second demo skips it), held-out episodes of both, and (when ``replay``
+   runs) the replay set (all B episodes + ``replay_episodes`` A episodes).
+2. **mcq** (smolvla only) — generated scene questions (:func:`make_scene_mcq`), one set to
+   teach, a disjoint one to test. Colour questions only: the small VLM learnt them to 97.5 %
+   held-out accuracy in 200 teaching steps (13 s), while colour + position reached 65 % in 500
+   steps (tried here).
+3. **base** — the family's base trained on task A with stock ``lerobot-train`` (SmolVLA: from
+   the MCQ-taught checkpoint ``OUT/base0``; ACT: ``--policy.type=act`` from scratch).
+4. **cache** — ``craft build-cache`` from the base on task A with its *defaults* (layers,
+   pooling, anchor targets, batch size): only the paths and ``--num-anchors`` are given.
+5. **runs** — from the base, on task B, same steps, batch and seed (:data:`METHODS`):
 
-Every subprocess gets ``HF_HUB_OFFLINE=1``; nothing is downloaded. Normalization: plain
-``--policy.path`` runs take task B's statistics (LeRobot's behaviour), craft runs keep the
-base's (the wrapper's default); actions are compared in raw units, so both are fair.
+   ``naive``
+       ``--policy.path=BASE``, as LeRobot users run it (LeRobot then takes task B's
+       normalization statistics).
+   ``craft_off``
+       the craft wrapper with CRaFT off (``--policy.type=craft --policy.base_path=BASE
+       --policy.craft.enabled=false``) and the same normalization flag as the craft runs: the
+       baseline that differs from the CRaFT runs in one thing only, the retention.
+   ``replay``
+       ``--policy.path=BASE`` on the replay set (20 % task-A episodes).
+   ``craft_token_ce``
+       CRaFT, ``retention_mode=token_ce`` (the base's own loss on cached task-A anchors).
+   ``craft_hidden_features``
+       CRaFT, hidden retention of the backbone features only
+       (``--policy.craft.anchor_targets=[features]``).
+   ``craft_hidden``
+       CRaFT, hidden retention with CRaFT's default targets (what the cache holds: features and
+       actions).
+
+   Every CRaFT run uses CRaFT's *default* settings: only the cache (and the anchor batch size
+   when the plan sets one: QUICK's 4) is passed. ``epsilon_end``, ``lambda_lr`` and
+   ``conflict_threshold`` are passed only when the plan sets them (``None``: not passed); so
+   is ``normalization`` (``--policy.normalization=base|dataset|merged``, to ``craft_off`` and
+   every CRaFT run alike).
+   Each run's console output is kept in ``OUT/runs/<method>/train.log``.
+6. **eval** — each checkpoint loaded once: held-out action L1 on A and B (:func:`action_error`),
+   seeded rollouts with Wilson intervals (:func:`rollout_success`), and (smolvla) ``craft
+   eval-mcq`` (each fine-tuned run against ``naive``, paired); all into
+   ``OUT/runs/<method>/eval.json``.
+7. **report** — ``craft report`` → ``OUT/report/report.md`` and the PNG plots; forgetting and
+   task-B error are also given relative to ``naive`` (and to ``craft_off``).
+
+Which methods ``make demo`` runs (:data:`DEMO_METHODS`): ``naive``, ``craft_off``, ``replay``
+and ``craft_hidden``. All six do not fit its 10-minute budget on a 2-core CPU (each method
+costs ~55 s of training and ~27 s of evaluation at :data:`STANDARD` sizes, and four already
+take ~9.5 min with an empty data cache). Kept: the user's baseline (``naive``), the fair
+baseline that isolates CRaFT's effect (``craft_off``), the simple alternative CRaFT has to
+beat (``replay``) and CRaFT as shipped (``craft_hidden``, default targets). Left to the
+benchmark (``benchmarks/forgetting.py``, which always runs all six): ``craft_token_ce`` (the
+legacy mode) and ``craft_hidden_features`` (an ablation of the default's targets).
+
+Every subprocess gets ``HF_HUB_OFFLINE=1``; nothing is downloaded. Actions are compared in
+raw units (after each checkpoint's own un-normalization), so runs with different
+normalization statistics are compared fairly.
 """
 
 from __future__ import annotations
@@ -44,22 +92,37 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METHODS", "QUICK", "STANDARD", "DemoPlan", "DemoResult", "run_demo"]
+__all__ = [
+    "DEMO_METHODS", "FAMILIES", "METHODS", "NORMALIZATIONS", "QUICK", "QUICK_ACT", "STANDARD", "STANDARD_ACT",
+    "DemoPlan", "DemoResult", "craft_args", "plan_for", "plan_with", "run_demo",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = ("naive", "replay", "craft_token_ce", "craft_hidden")
+FAMILIES: tuple[str, ...] = ("smolvla", "act")
+#: Every method, in report order (see the module docstring).
+METHODS: tuple[str, ...] = ("naive", "craft_off", "replay", "craft_token_ce", "craft_hidden_features", "craft_hidden")
+#: ``make demo``'s four (why these: the module docstring).
+DEMO_METHODS: tuple[str, ...] = ("naive", "craft_off", "replay", "craft_hidden")
+NORMALIZATIONS: tuple[str, ...] = ("base", "dataset", "merged")
+#: The CRaFT runs that read the anchor cache.
+ANCHORED: tuple[str, ...] = ("craft_token_ce", "craft_hidden_features", "craft_hidden")
+#: Learning rate of each family when the plan leaves ``lr`` unset.
+FAMILY_LR: dict[str, float] = {"smolvla": 1e-3, "act": 3e-4}
 
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """Sizes of one demo run. :data:`STANDARD` is ``make demo``; :data:`QUICK` the test's."""
+    """Sizes and settings of one demo run. :data:`STANDARD` is ``make demo``; :data:`QUICK` the
+    test's; :func:`plan_for` gives either for a family."""
 
+    family: str = "smolvla"  #: "smolvla" or "act"
+    train_expert_only: bool = False  #: smolvla: the base's (and so every run's) value; False lets the VLM forget
     train_episodes: int = 20
     heldout_episodes: int = 5
     replay_episodes: int = 5  #: task-A episodes mixed into B for the replay baseline (20 %)
     image_size: int = 64
-    mcq_train: int = 240
+    mcq_train: int = 240  #: smolvla only, as every mcq_* / teach_* / text_hidden / vlm_layers field
     mcq_test: int = 80
     mcq_kinds: tuple[str, ...] = ("color",)  #: colours: learnt to ~97 % held-out in 200 steps here
     teach_steps: int = 200
@@ -67,29 +130,85 @@ class DemoPlan:
     base_steps: int = 300
     finetune_steps: int = 150
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float | None = None  #: None: the family's (FAMILY_LR: smolvla 1e-3, act 3e-4)
     num_anchors: int = 96
-    anchor_batch_size: int = 8
-    epsilon_end: float = 0.05
-    lambda_lr: float = 0.5
-    conflict_threshold: float = 0.0
+    #: CRaFT settings: None = not passed (CRaFT's default: anchor batch 8, ε_end 0.1, λ lr 0.01,
+    #: conflict threshold −0.1); nothing is tuned unless a field says so (QUICK sets only the batch)
+    anchor_batch_size: int | None = None
+    epsilon_end: float | None = None
+    lambda_lr: float | None = None
+    conflict_threshold: float | None = None
+    #: ``--policy.normalization`` for craft_off and every CRaFT run; None: not passed (the wrapper's default)
+    normalization: str | None = None
     rollout_episodes: int = 5
     rollout_max_steps: int = 100
     text_hidden: int = 64
     vlm_layers: int = 4
+    act_dim: int = 128  #: act only, as every act_* field
+    act_heads: int = 8
+    act_feedforward: int = 512
+    act_encoder_layers: int = 2
+    act_decoder_layers: int = 1
     chunk_size: int = 10
     seed: int = 0
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEMO_METHODS
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family={self.family!r}: expected one of {', '.join(FAMILIES)}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}: expected some of {', '.join(METHODS)}")
+        if "naive" not in self.methods:
+            raise ValueError("methods must include 'naive' (the reference of the report's relative columns and of MCQ)")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods {self.methods} name one twice")
+        if self.normalization is not None and self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization={self.normalization!r}: expected None or one of {', '.join(NORMALIZATIONS)}")
+        if "replay" in self.methods and self.replay_episodes < 1:
+            raise ValueError("the replay method needs replay_episodes >= 1")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else FAMILY_LR[self.family]
+
+    @property
+    def has_mcq(self) -> bool:
+        """MCQ applies to the VLA family only (ACT has no language model)."""
+        return self.family == "smolvla"
+
+    @property
+    def ordered_methods(self) -> tuple[str, ...]:
+        """``methods`` in :data:`METHODS` order (report order)."""
+        return tuple(m for m in METHODS if m in self.methods)
 
 
 STANDARD = DemoPlan()
 QUICK = DemoPlan(
     train_episodes=3, heldout_episodes=2, replay_episodes=1, image_size=32, mcq_train=24, mcq_test=16,
     teach_steps=10, base_steps=6, finetune_steps=4, batch_size=8, num_anchors=8, anchor_batch_size=4,
-    rollout_episodes=1, rollout_max_steps=10, methods=("naive", "craft_token_ce", "craft_hidden"),
+    rollout_episodes=1, rollout_max_steps=10, methods=("naive", "craft_off", "craft_hidden"),
 )  # fmt: skip
 # QUICK leaves out replay (the same lerobot-train path as naive on another dataset, which
-# tests/demo/test_metaworld_data.py covers) to keep the test suite under its 10-minute budget.
+# tests/demo/test_metaworld_data.py covers) and the token_ce / features-only CRaFT runs (the same
+# wrapper path as craft_hidden with another flag; tests/policies cover token_ce under lerobot-train)
+# to keep the test suite under its 10-minute budget.
+STANDARD_ACT = replace(STANDARD, family="act")
+QUICK_ACT = replace(QUICK, family="act")  # the real tiny ACT: its ResNet-18 dominates the cost anyway
+
+
+def plan_for(family: str = "smolvla", *, quick: bool = False, **changes: Any) -> DemoPlan:
+    """The :data:`STANDARD` (or :data:`QUICK`) plan of ``family``, with ``changes``."""
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r}: expected one of {', '.join(FAMILIES)}")
+    plan = {("smolvla", False): STANDARD, ("smolvla", True): QUICK, ("act", False): STANDARD_ACT,
+            ("act", True): QUICK_ACT}[(family, quick)]  # fmt: skip
+    return replace(plan, **changes)
+
+
+def plan_with(plan: DemoPlan, **changes: Any) -> DemoPlan:
+    """``plan`` with some fields changed (e.g. a different seed)."""
+    return replace(plan, **changes)
 
 
 @dataclass
@@ -142,6 +261,53 @@ def _lerobot_train(policy_args: Sequence[str], dataset: Any, out: Path, steps: i
     ]  # fmt: skip
 
 
+def _act_args(plan: DemoPlan) -> list[str]:
+    """``lerobot-train`` flags of the tiny ACT base (see the module docstring)."""
+    return [
+        "--policy.type=act", f"--policy.dim_model={plan.act_dim}", f"--policy.n_heads={plan.act_heads}",
+        f"--policy.dim_feedforward={plan.act_feedforward}", f"--policy.n_encoder_layers={plan.act_encoder_layers}",
+        f"--policy.n_decoder_layers={plan.act_decoder_layers}", "--policy.use_vae=false",
+        f"--policy.chunk_size={plan.chunk_size}", f"--policy.n_action_steps={plan.chunk_size}",
+        "--policy.pretrained_backbone_weights=null", f"--policy.optimizer_lr={plan.learning_rate}",
+        f"--policy.optimizer_lr_backbone={plan.learning_rate}",
+    ]  # fmt: skip
+
+
+def craft_args(method: str, plan: DemoPlan, base: str | os.PathLike[str], cache: str | os.PathLike[str]) -> list[str]:
+    """The ``--policy.*`` flags of a ``craft_*`` method (``craft_off`` included); see the module docstring."""
+    wrapper = ["--policy.type=craft", f"--policy.base_path={base}"]
+    if plan.normalization is not None:
+        wrapper.append(f"--policy.normalization={plan.normalization}")
+    if method == "craft_off":
+        return [*wrapper, "--policy.craft.enabled=false"]
+    args = [*wrapper, f"--policy.craft.anchor_cache_dir={cache}"]
+    for name in ("anchor_batch_size", "epsilon_end", "lambda_lr", "conflict_threshold"):
+        value = getattr(plan, name)
+        if value is not None:
+            args.append(f"--policy.craft.{name}={value}")
+    if method == "craft_token_ce":
+        return [*args, "--policy.craft.retention_mode=token_ce"]
+    if method == "craft_hidden_features":
+        return [*args, "--policy.craft.retention_mode=hidden", "--policy.craft.anchor_targets=[features]"]
+    if method == "craft_hidden":
+        return [*args, "--policy.craft.retention_mode=hidden"]
+    raise ValueError(f"{method!r} is not a craft method")
+
+
+def _check_flags(plan: DemoPlan) -> None:
+    """Fail before any training when the plan needs a flag this version of the plugin lacks."""
+    from craft_plugin.config import CraftConfig
+    from craft_plugin.policies.craft.configuration_craft import CRaFTConfig
+
+    missing = []
+    if "craft_hidden_features" in plan.methods and "anchor_targets" not in CraftConfig.field_names():
+        missing.append("--policy.craft.anchor_targets (method craft_hidden_features)")
+    if plan.normalization is not None and "normalization" not in CRaFTConfig.__dataclass_fields__:
+        missing.append("--policy.normalization (plan field normalization)")
+    if missing:
+        raise ValueError("this craft plugin has no " + " nor ".join(missing) + "; drop it from the plan")
+
+
 def _make_base0(out: Path, a_train: Any, plan: DemoPlan, mcq_train: Path) -> tuple[Path, dict[str, Any]]:
     """The small SmolVLA, its VLM taught the MCQ set, saved as a checkpoint (before task A)."""
     import torch
@@ -166,8 +332,8 @@ def _make_base0(out: Path, a_train: Any, plan: DemoPlan, mcq_train: Path) -> tup
     config = smolvla_config(
         vlm, input_features=inputs, output_features=outputs, image_size=plan.image_size,
         num_vlm_layers=plan.vlm_layers, chunk_size=plan.chunk_size, tokenizer_max_length=16, num_steps=4,
-        optimizer_lr=plan.lr, scheduler_warmup_steps=max(1, plan.base_steps // 20),
-        scheduler_decay_steps=plan.base_steps,
+        optimizer_lr=plan.learning_rate, scheduler_warmup_steps=max(1, plan.base_steps // 20),
+        scheduler_decay_steps=plan.base_steps, train_expert_only=plan.train_expert_only,
     )  # fmt: skip
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(plan.seed)
@@ -185,8 +351,27 @@ def _make_base0(out: Path, a_train: Any, plan: DemoPlan, mcq_train: Path) -> tup
     pre.save_pretrained(base0)
     post.save_pretrained(base0)
     info = {"teach_steps": taught.steps, "teach_final_loss": taught.final_loss, "teach_seconds": taught.seconds,
-            "parameters": sum(p.numel() for p in policy.parameters())}  # fmt: skip
+            "parameters": sum(p.numel() for p in policy.parameters()),
+            "trainable_parameters": sum(p.numel() for p in policy.parameters() if p.requires_grad)}  # fmt: skip
     return base0, info
+
+
+def _parameters(ckpt: Path) -> int | None:
+    """Parameter count of a checkpoint's ``model.safetensors`` (read from its header)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
+            return sum(_prod(f.get_slice(k).get_shape()) for k in f.keys())
+    except Exception:  # noqa: BLE001 - informative only
+        return None
+
+
+def _prod(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def run_demo(
@@ -201,15 +386,16 @@ def run_demo(
     from craft_plugin.demo import metaworld_data as md
     from craft_plugin.demo.evaluate import action_error, load_policy, rollout_success
     from craft_plugin.demo.report import dir_bytes, mcq_summary, update_eval_json
-    from craft_plugin.mcq.scenes import make_scene_mcq
 
+    _check_flags(plan)
     out = Path(output_dir).resolve()
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or choose another --output-dir")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "plan.json").write_text(json.dumps(asdict(plan), indent=2))
+    methods = plan.ordered_methods
+    (out / "plan.json").write_text(json.dumps({**asdict(plan), "learning_rate": plan.learning_rate}, indent=2))
     t_start = time.perf_counter()
     stages: dict[str, float] = {}
 
@@ -230,69 +416,85 @@ def run_demo(
     kw = {"seed": plan.seed, "render": render, "progress": False}
     a_train, a_held = md.task_datasets(md.TASK_A, plan.train_episodes, plan.heldout_episodes, data_cache, **kw)
     b_train, b_held = md.task_datasets(md.TASK_B, plan.train_episodes, plan.heldout_episodes, data_cache, **kw)
-    replay = md.replay_dataset(md.TASK_B, plan.train_episodes, md.TASK_A, plan.replay_episodes, data_cache, **kw)
-    echo(f"[data] A {a_train.frames} frames, B {b_train.frames} frames, replay {replay.frames} frames")
+    replay = None
+    if "replay" in methods:
+        replay = md.replay_dataset(md.TASK_B, plan.train_episodes, md.TASK_A, plan.replay_episodes, data_cache, **kw)
+    echo(f"[data] A {a_train.frames} frames, B {b_train.frames} frames"
+         + (f", replay {replay.frames} frames" if replay is not None else ""))  # fmt: skip
     done()
 
-    # 2. mcq
-    done = stage("mcq", f"{plan.mcq_train} + {plan.mcq_test} generated scene questions ({', '.join(plan.mcq_kinds)})")
-    mcq_train = make_scene_mcq(out / "mcq" / "train", plan.mcq_train, seed=plan.seed, image_size=plan.image_size, kinds=plan.mcq_kinds)
-    mcq_test = make_scene_mcq(out / "mcq" / "test", plan.mcq_test, seed=plan.seed + 10_000, image_size=plan.image_size, kinds=plan.mcq_kinds)
-    done()
+    # 2. mcq (smolvla only)
+    mcq_train = mcq_test = None
+    if plan.has_mcq:
+        from craft_plugin.mcq.scenes import make_scene_mcq
+
+        done = stage("mcq", f"{plan.mcq_train} + {plan.mcq_test} generated scene questions ({', '.join(plan.mcq_kinds)})")
+        mcq_train = make_scene_mcq(out / "mcq" / "train", plan.mcq_train, seed=plan.seed, image_size=plan.image_size, kinds=plan.mcq_kinds)
+        mcq_test = make_scene_mcq(out / "mcq" / "test", plan.mcq_test, seed=plan.seed + 10_000, image_size=plan.image_size, kinds=plan.mcq_kinds)
+        done()
 
     # 3. base
-    done = stage("base", f"small SmolVLA: teach its VLM the MCQ set ({plan.teach_steps} steps), then lerobot-train on A ({plan.base_steps} steps)")
-    base0, base_info = _make_base0(out, a_train, plan, mcq_train)
-    echo(f"[base] {base_info['parameters'] / 1e6:.2f}M parameters; MCQ teaching loss {base_info['teach_final_loss']:.3f} "
-         f"in {base_info['teach_seconds']:.1f} s")  # fmt: skip
     runs_dir = out / "runs"
     base_run = runs_dir / "base"
+    if plan.family == "smolvla":
+        done = stage("base", f"small SmolVLA (train_expert_only={plan.train_expert_only}): teach its VLM the MCQ set "
+                     f"({plan.teach_steps} steps), then lerobot-train on A ({plan.base_steps} steps)")  # fmt: skip
+        base0, base_info = _make_base0(out, a_train, plan, mcq_train)
+        echo(f"[base] {base_info['parameters'] / 1e6:.2f}M parameters ({base_info['trainable_parameters'] / 1e6:.2f}M "
+             f"trainable); MCQ teaching loss {base_info['teach_final_loss']:.3f} in {base_info['teach_seconds']:.1f} s")  # fmt: skip
+        policy_args = [f"--policy.path={base0}"]
+    else:
+        done = stage("base", f"tiny ACT from scratch (dim {plan.act_dim}, {plan.act_encoder_layers} enc / "
+                     f"{plan.act_decoder_layers} dec layers, ResNet-18 from scratch): lerobot-train on A ({plan.base_steps} steps)")  # fmt: skip
+        base_info = {}
+        policy_args = _act_args(plan)
     t0 = time.perf_counter()
-    _run(_lerobot_train([f"--policy.path={base0}"], a_train, base_run / "train", plan.base_steps, plan), base_run / "train.log")
+    _run(_lerobot_train(policy_args, a_train, base_run / "train", plan.base_steps, plan), base_run / "train.log")
     base_seconds = time.perf_counter() - t0
     base = _checkpoint(base_run / "train")
+    if "parameters" not in base_info:
+        base_info["parameters"] = _parameters(base)
+        if base_info["parameters"]:
+            echo(f"[base] {base_info['parameters'] / 1e6:.2f}M parameters")
     update_eval_json(base_run, {"method": "base", "role": "base", "seed": plan.seed, "steps": plan.base_steps,
-                                "train_seconds": base_seconds, "teach": base_info})  # fmt: skip
+                                "family": plan.family, "train_seconds": base_seconds, "teach": base_info})  # fmt: skip
     done()
 
-    # 4. cache
-    done = stage("cache", f"craft build-cache from the base on task A ({plan.num_anchors} anchors)")
+    # 4. cache (only when an anchored CRaFT run needs it): build-cache's defaults, paths and size only
     cache = out / "cache"
-    _run([_bin("craft"), "build-cache", f"--policy.path={base}", f"--dataset.root={a_train.root}",
-          f"--dataset.repo_id={a_train.repo_id}", f"--output-dir={cache}", f"--num-anchors={plan.num_anchors}",
-          "--batch-size=16"], out / "cache.log")  # fmt: skip
-    done()
+    if any(m in ANCHORED for m in methods):
+        done = stage("cache", f"craft build-cache from the base on task A ({plan.num_anchors} anchors, default settings)")
+        _run([_bin("craft"), "build-cache", f"--policy.path={base}", f"--dataset.root={a_train.root}",
+              f"--dataset.repo_id={a_train.repo_id}", f"--output-dir={cache}", f"--num-anchors={plan.num_anchors}"],
+             out / "cache.log")  # fmt: skip
+        done()
 
     # 5. runs
-    craft_common = [
-        "--policy.type=craft", f"--policy.base_path={base}", f"--policy.craft.anchor_cache_dir={cache}",
-        f"--policy.craft.anchor_batch_size={plan.anchor_batch_size}", f"--policy.craft.epsilon_end={plan.epsilon_end}",
-        f"--policy.craft.lambda_lr={plan.lambda_lr}", f"--policy.craft.conflict_threshold={plan.conflict_threshold}",
-    ]  # fmt: skip
-    recipes: dict[str, tuple[list[str], Any]] = {
-        "naive": ([f"--policy.path={base}"], b_train),
-        "replay": ([f"--policy.path={base}"], replay),
-        "craft_token_ce": ([*craft_common, "--policy.craft.retention_mode=token_ce"], b_train),
-        "craft_hidden": ([*craft_common, "--policy.craft.retention_mode=hidden"], b_train),
-    }
     checkpoints: dict[str, Path] = {"base": base}
-    for method in plan.methods:
+    for method in methods:
         done = stage(method, f"lerobot-train on B ({plan.finetune_steps} steps)")
-        args, data = recipes[method]
+        if method == "naive":
+            args, data = [f"--policy.path={base}"], b_train
+        elif method == "replay":
+            args, data = [f"--policy.path={base}"], replay
+        else:
+            args, data = craft_args(method, plan, base, cache), b_train
         run_dir = runs_dir / method
         t0 = time.perf_counter()
         _run(_lerobot_train(args, data, run_dir / "train", plan.finetune_steps, plan), run_dir / "train.log")
         seconds = time.perf_counter() - t0
         checkpoints[method] = _checkpoint(run_dir / "train")
         storage = {"checkpoint": dir_bytes(checkpoints[method])}
-        if method.startswith("craft"):
+        if method in ANCHORED:
             storage["cache"] = dir_bytes(cache)
         update_eval_json(run_dir, {"method": method, "role": "finetune", "seed": plan.seed, "steps": plan.finetune_steps,
-                                   "train_seconds": seconds, "storage_bytes": storage})  # fmt: skip
+                                   "family": plan.family, "train_seconds": seconds, "storage_bytes": storage,
+                                   "policy_args": args})  # fmt: skip
         done()
 
     # 6. eval
-    done = stage("eval", "held-out action error, rollouts and craft eval-mcq for every checkpoint")
+    done = stage("eval", "held-out action error, rollouts" + (" and craft eval-mcq" if plan.has_mcq else "")
+                 + " for every checkpoint")  # fmt: skip
     # Fine-tunes are scored against naive (`--compare`); naive's own accuracy is checkpoint A of
     # the first such comparison, so it needs no run of its own.
     compared = [n for n in checkpoints if n not in ("base", "naive")]
@@ -306,8 +508,9 @@ def run_demo(
                 res = rollout_success(loaded, task, episodes=plan.rollout_episodes, max_steps=plan.rollout_max_steps,
                                       seed=plan.seed, like=like, progress=False)  # fmt: skip
                 success[key] = res.to_dict()
+        del loaded
         update_eval_json(run_dir, {"action_error": errors, "success": success})
-        if not (name == "naive" and compared):
+        if plan.has_mcq and not (name == "naive" and compared):
             if name in ("base", "naive"):
                 cmd = [_bin("craft"), "eval-mcq", f"--policy.path={ckpt}"]
             else:
@@ -318,7 +521,7 @@ def run_demo(
             if compared and name == compared[0]:
                 update_eval_json(runs_dir / "naive", {"mcq": mcq_summary(mcq_json, "A")})
         a, b = errors["A"]["l1"], errors["B"]["l1"]
-        echo(f"[eval] {name:<15} task-A L1 {a:.4f} | task-B L1 {b:.4f}")
+        echo(f"[eval] {name:<22} task-A L1 {a:.4f} | task-B L1 {b:.4f}")
     done()
 
     # 7. report
@@ -331,8 +534,3 @@ def run_demo(
     (out / "timings.json").write_text(json.dumps({"total_seconds": seconds, "stages": stages}, indent=2))
     plots = sorted(report_dir.glob("*.png"))
     return DemoResult(out, report_dir / "report.md", plots, seconds, stages)
-
-
-def plan_with(plan: DemoPlan, **changes: Any) -> DemoPlan:
-    """``plan`` with some fields changed (e.g. a different seed)."""
-    return replace(plan, **changes)

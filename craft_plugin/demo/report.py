@@ -41,10 +41,21 @@ to the base's error is shown too. Success-rate forgetting is the base's task-A s
 the run's. Runs with the same method are aggregated: mean, and ± sample standard deviation
 when there are several.
 
+Relative to a reference (``naive``, and ``craft_off`` when present: see :data:`REFERENCES`),
+per seed against the reference run of the same seed, then mean ± sd over seeds:
+``forgetting_less_than_<ref>`` = 1 − forgetting / the reference's forgetting (0.5: "50% less";
+none when the reference did not forget) and ``error_B_vs_<ref>`` = task-B L1 / the
+reference's (1.1: "+10%"). So the goals "≥ 50 % less forgetting than naive, task-B error
+within 10 % of naive's" read off two columns. ``report.json`` also gives ``of_means``, the
+same ratio of the mean values. ``report.md`` shows the naive columns in the main table and,
+when ``craft_off`` ran, a second table against it. A run without ``mcq`` (e.g. ACT, which has no
+language model) shows "—" there.
+
 Plots (PNG, matplotlib Agg): ``task_loss.png`` (all runs), ``retention.png`` (``L_ret`` and ε
 over steps, craft runs), ``lambda.png`` (λ), ``conflict.png`` (share of retention steps whose
 gradients conflicted, rolling), ``forgetting_vs_b.png`` (forgetting against task-B error, per
-method). A plot whose data no run has (e.g. no craft run) is not drawn; ``report.md`` says so.
+method; with a naive run, the two goals as lines). A plot whose data no run has (e.g. no
+craft run) is not drawn; ``report.md`` says so.
 """
 
 from __future__ import annotations
@@ -385,7 +396,66 @@ def _method_rows(runs: Sequence[RunData], bases: Sequence[RunData]) -> list[dict
             row["mcq_accuracy"]["ci95"] = _pair(mcq.get("ci95"))
             row["mcq_paired_diff"]["ci95"] = _pair(mcq.get("paired_ci95_vs_naive"))
         rows.append(row)
+    _add_relative(rows, methods, bases)
     return rows
+
+
+#: The references the report gives forgetting and task-B error against: ``naive`` (a plain
+#: ``--policy.path`` fine-tune, what LeRobot users run) and ``craft_off`` (the craft wrapper with
+#: CRaFT off: the baseline that differs from a CRaFT run in the retention only).
+REFERENCES: tuple[str, ...] = ("naive", "craft_off")
+
+
+def _forgetting_of(run: RunData, bases: Sequence[RunData]) -> float | None:
+    base = _base_for(run, bases)
+    ea, ba = run.error("A"), base.error("A") if base is not None else None
+    return ea - ba if ea is not None and ba is not None else None
+
+
+def _paired(run: RunData, refs: Sequence[RunData]) -> RunData | None:
+    """The reference run of ``run``'s seed; without seeds, the only reference run."""
+    same = [r for r in refs if r.seed is not None and r.seed == run.seed]
+    if same:
+        return same[0]
+    return refs[0] if len(refs) == 1 and (run.seed is None or refs[0].seed is None) else None
+
+
+def _add_relative(rows: list[dict[str, Any]], methods: Mapping[str, list[RunData]], bases: Sequence[RunData]) -> None:
+    """``forgetting_less_than_<ref>`` (1 − forgetting / the reference's: 0.5 = 50 % less) and
+    ``error_B_vs_<ref>`` (task-B L1 / the reference's: 1.1 = 10 % more), per seed against the
+    reference run of the same seed, then mean ± sd over seeds; ``of_means`` is the same ratio of
+    the mean values. A reference that did not forget (forgetting ≤ 0) gives no ratio."""
+    for ref in REFERENCES:
+        refs = [r for r in methods.get(ref, []) if r.role != "base"]
+        for row in rows:
+            less: list[float] = []
+            rel_b: list[float] = []
+            if refs and row["role"] != "base":
+                for r in methods[row["method"]]:
+                    other = _paired(r, refs)
+                    if other is None:
+                        continue
+                    f, f_ref = _forgetting_of(r, bases), _forgetting_of(other, bases)
+                    if f is not None and f_ref is not None and f_ref > 0:
+                        less.append(1.0 - f / f_ref)
+                    eb, eb_ref = r.error("B"), other.error("B")
+                    if eb is not None and eb_ref is not None and eb_ref > 0:
+                        rel_b.append(eb / eb_ref)
+            ref_row = next((x for x in rows if x["method"] == ref), None)
+            for key, values, of_means in (
+                (f"forgetting_less_than_{ref}", less,
+                 _ratio(row["forgetting_A"]["mean"], ref_row["forgetting_A"]["mean"] if ref_row else None, less=True)),
+                (f"error_B_vs_{ref}", rel_b,
+                 _ratio(row["error_B"]["mean"], ref_row["error_B"]["mean"] if ref_row else None)),
+            ):  # fmt: skip
+                mean, sd, n = _mean_sd(values)
+                row[key] = {"mean": mean, "sd": sd, "n": n, "of_means": of_means if n else None}
+
+
+def _ratio(value: float | None, ref: float | None, *, less: bool = False) -> float | None:
+    if value is None or ref is None or ref <= 0:
+        return None
+    return 1.0 - value / ref if less else value / ref
 
 
 # ---------------------------------------------------------------------- formatting
@@ -431,6 +501,25 @@ def _fmt_forgetting(row: Mapping[str, Any]) -> str:
     return text
 
 
+def _fmt_less(stat: Mapping[str, Any] | None) -> str:
+    """``0.21`` → ``21% less``; ``-0.3`` → ``30% more``; ± the sd over seeds, in points."""
+    if not stat or stat.get("mean") is None:
+        return "—"
+    mean = stat["mean"] * 100
+    text = f"{mean:.0f}% less" if mean >= 0 else f"{-mean:.0f}% more"
+    return text + (f" ± {stat['sd'] * 100:.0f}" if stat.get("sd") is not None else "")
+
+
+def _fmt_relative(stat: Mapping[str, Any] | None) -> str:
+    """``1.07`` → ``+7% (×1.07)``; ± the sd over seeds, in points."""
+    if not stat or stat.get("mean") is None:
+        return "—"
+    text = f"{(stat['mean'] - 1) * 100:+.0f}%"
+    if stat.get("sd") is not None:
+        text += f" ± {stat['sd'] * 100:.0f}"
+    return text + f" (×{stat['mean']:.2f})"
+
+
 def _fmt_mcq(row: Mapping[str, Any]) -> str:
     text = _fmt(row["mcq_accuracy"], ".3f")
     if text == "—":
@@ -447,6 +536,7 @@ def _markdown(rows: Sequence[Mapping[str, Any]], runs: Sequence[RunData], plots:
     header = (
         "| method | runs | training time | final task loss | task-A L1 (held-out) | task-B L1 (held-out) "
         "| forgetting: Δ task-A L1 vs base | task-A success [95% CI] | task-B success [95% CI] "
+        "| forgetting: % less than naive | task-B L1 relative to naive "
         "| MCQ accuracy (paired Δ vs naive [95% CI]) | cache | checkpoint |"
     )
     lines = [
@@ -455,8 +545,16 @@ def _markdown(rows: Sequence[Mapping[str, Any]], runs: Sequence[RunData], plots:
         f"{len(runs)} run(s): " + ", ".join(f"`{r.path.name}` ({r.label})" for r in runs) + ".",
         "",
         header,
-        "|" + "---|" * 12,
+        "|" + "---|" * 14,
     ]
+
+    def relative(row: Mapping[str, Any], ref: str) -> list[str]:
+        if row["role"] == "base":
+            return ["—", "—"]
+        if row["method"] == ref:
+            return ["— (reference)", "— (reference)"]
+        return [_fmt_less(row.get(f"forgetting_less_than_{ref}")), _fmt_relative(row.get(f"error_B_vs_{ref}"))]
+
     for row in rows:
         lines.append(
             "| "
@@ -471,6 +569,7 @@ def _markdown(rows: Sequence[Mapping[str, Any]], runs: Sequence[RunData], plots:
                     "— (reference)" if row["role"] == "base" else _fmt_forgetting(row),
                     _fmt_success(row["success_A"]),
                     _fmt_success(row["success_B"]),
+                    *relative(row, "naive"),
                     _fmt_mcq(row),
                     _fmt_bytes(row["storage_cache"]),
                     _fmt_bytes(row["storage_checkpoint"]),
@@ -485,8 +584,29 @@ def _markdown(rows: Sequence[Mapping[str, Any]], runs: Sequence[RunData], plots:
         "on held-out episodes, in raw action units (lower is better). Forgetting: the run's task-A "
         "L1 minus the base's (same seed), with the ratio to the base's; positive means forgotten. "
         "Success: seeded Meta-World rollouts, 95% Wilson interval. Final task loss: last logged "
-        "training loss. Several runs of a method: mean ± sample standard deviation.",
+        "training loss. Several runs of a method: mean ± sample standard deviation. "
+        "Relative to naive: per seed against the naive run of the same seed (forgetting: "
+        "1 − run's / naive's; task-B L1: run's / naive's), then the mean ± sd over seeds; "
+        "MCQ: — where the family has no language model (ACT).",
         "",
+    ]
+    fair = [row for row in rows if row["role"] != "base" and row["method"] != "craft_off"
+            and row.get("forgetting_less_than_craft_off", {}).get("n")]  # fmt: skip
+    if any(row["method"] == "craft_off" for row in rows) and fair:
+        lines += [
+            "## Against the wrapper with CRaFT off",
+            "",
+            "`craft_off` is the craft wrapper with `--policy.craft.enabled=false` and the same "
+            "normalization as the CRaFT runs: it differs from them in the retention only (naive, "
+            "`--policy.path`, also differs in its normalization statistics).",
+            "",
+            "| method | forgetting: % less than craft_off | task-B L1 relative to craft_off |",
+            "|---|---|---|",
+        ]
+        for row in fair:
+            lines.append(f"| {row['method']} | " + " | ".join(relative(row, "craft_off")) + " |")
+        lines.append("")
+    lines += [
         "## Plots",
         "",
     ]
@@ -504,11 +624,21 @@ def _markdown(rows: Sequence[Mapping[str, Any]], runs: Sequence[RunData], plots:
 
 
 # ---------------------------------------------------------------------- plots
+#: The demo's methods keep one colour in every report (others take the remaining ones in turn).
+KNOWN_METHODS: tuple[str, ...] = (
+    "base", "naive", "craft_off", "replay", "craft_token_ce", "craft_hidden_features", "craft_hidden",
+)  # fmt: skip
+
+
 def _colors(methods: Sequence[str]) -> dict[str, Any]:
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
-    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+    colors = {m: cmap(KNOWN_METHODS.index(m)) for m in methods if m in KNOWN_METHODS}
+    free = [i for i in range(10) if i >= len(KNOWN_METHODS)] + list(range(len(KNOWN_METHODS)))
+    others = [m for m in methods if m not in colors]
+    colors.update({m: cmap(free[i % len(free)]) for i, m in enumerate(others)})
+    return colors
 
 
 def _save(fig: Any, path: Path) -> str:
@@ -614,6 +744,13 @@ def _plot_all(runs: Sequence[RunData], rows: Sequence[Mapping[str, Any]], out: P
             ax.errorbar(x["mean"], y["mean"], xerr=x["sd"] or 0, yerr=y["sd"] or 0, fmt="o", ms=8, capsize=4,
                         color=color.get(row["method"]), label=f"{row['method']} (n={row['runs']})")
         ax.axhline(0.0, color="grey", lw=1, ls="--", label="no forgetting (base's task-A L1)")
+        naive = next((row for row in rows if row["method"] == "naive" and row["role"] != "base"), None)
+        if naive is not None and (naive["forgetting_A"]["mean"] or 0) > 0 and naive["error_B"]["mean"]:
+            # the goals, read off the plot: below the dotted line and left of the dash-dotted one
+            ax.axhline(0.5 * naive["forgetting_A"]["mean"], color="black", lw=1, ls=":",
+                       label="goal: 50% less forgetting than naive")
+            ax.axvline(1.1 * naive["error_B"]["mean"], color="black", lw=1, ls="-.",
+                       label="goal: task-B L1 within 10% of naive")
         ax.set(title="Forgetting of task A against task-B error", xlabel="task-B held-out action L1 (lower is better)",
                ylabel="forgetting: task-A L1 − base's (lower is better)")
         ax.legend(fontsize=8)

@@ -180,3 +180,54 @@ def test_report_errors_are_actionable(tmp_path: Path) -> None:
     assert "train.log" in result.output and "eval.json" in result.output
     result = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_relative_columns_pair_seeds_against_naive_and_craft_off(tmp_path: Path) -> None:
+    """Forgetting "% less than naive" and task-B L1 "relative to naive" are per seed, then
+    the mean over seeds; a second table compares against craft_off; no MCQ shows "—"."""
+    # (task-A L1, task-B L1) per seed; base task-A L1 0.10 in seed 0, 0.20 in seed 1
+    errors = {
+        "base": [(0.10, 0.30), (0.20, 0.30)],
+        "naive": [(0.50, 0.050), (0.40, 0.040)],  # forgetting 0.40, 0.20
+        "craft_off": [(0.30, 0.100), (0.40, 0.080)],  # forgetting 0.20, 0.20
+        "craft_hidden": [(0.20, 0.055), (0.30, 0.048)],  # forgetting 0.10, 0.10
+    }
+    dirs = []
+    for method, per_seed in errors.items():
+        for seed, (ea, eb) in enumerate(per_seed):
+            d = tmp_path / f"seed{seed}" / method
+            d.mkdir(parents=True)
+            (d / "train.log").write_text(_train_log([1.0, 0.5]))
+            role = "base" if method == "base" else "finetune"
+            rp.update_eval_json(d, _eval(method, role, ea, eb, 1, 1) | {"seed": seed})
+            dirs.append(d)
+    res = rp.build_report(dirs, tmp_path / "rel")
+    rows = {r["method"]: r for r in res.rows}
+    hidden = rows["craft_hidden"]
+    # seed 0: 1 - 0.1/0.4 = 0.75, seed 1: 1 - 0.1/0.2 = 0.5 -> mean 0.625
+    assert hidden["forgetting_less_than_naive"]["mean"] == pytest.approx(0.625)
+    assert hidden["forgetting_less_than_naive"]["n"] == 2
+    assert hidden["forgetting_less_than_naive"]["of_means"] == pytest.approx(1 - 0.10 / 0.30)
+    # task-B: 0.055/0.05 = 1.1, 0.048/0.04 = 1.2 -> 1.15
+    assert hidden["error_B_vs_naive"]["mean"] == pytest.approx(1.15)
+    assert hidden["forgetting_less_than_craft_off"]["mean"] == pytest.approx(0.5)
+    assert hidden["error_B_vs_craft_off"]["mean"] == pytest.approx((0.55 + 0.6) / 2)
+    assert rows["craft_off"]["forgetting_less_than_naive"]["mean"] == pytest.approx((0.5 + 0.0) / 2)
+    assert rows["naive"]["forgetting_less_than_naive"]["mean"] == pytest.approx(0.0)
+    assert rows["base"]["forgetting_less_than_naive"]["mean"] is None
+    md = res.markdown.read_text()
+    assert "forgetting: % less than naive" in md and "task-B L1 relative to naive" in md
+    hidden_line = next(line for line in md.splitlines() if line.startswith("| craft_hidden | 2 |"))
+    assert "62% less ± 18" in hidden_line and "+15% ± 7 (×1.15)" in hidden_line
+    assert hidden_line.split(" | ")[11] == "—"  # no MCQ (e.g. ACT): a dash
+    naive_line = next(line for line in md.splitlines() if line.startswith("| naive |"))
+    assert naive_line.count("— (reference)") == 2
+    assert "## Against the wrapper with CRaFT off" in md
+    assert "| craft_hidden | 50% less ± 0 | -43% ± 4 (×0.57) |" in md and "| naive | 50% more ± 71 |" in md
+    assert (tmp_path / "rel" / "forgetting_vs_b.png").is_file()
+    # craft_hidden of a seed without a naive run of that seed gets no relative value
+    lone = tmp_path / "seed7" / "craft_hidden"
+    lone.mkdir(parents=True)
+    rp.update_eval_json(lone, _eval("craft_hidden", "finetune", 0.2, 0.05, 1, 1) | {"seed": 7})
+    res = rp.build_report([*dirs, lone], tmp_path / "rel2")
+    assert {r["method"]: r for r in res.rows}["craft_hidden"]["forgetting_less_than_naive"]["n"] == 2
