@@ -136,6 +136,8 @@ def build_cache_cmd(
     except (CacheError, ValueError, FileNotFoundError) as err:
         typer.echo(f"craft build-cache: {err}", err=True)
         raise typer.Exit(code=2) from err
+    if summary.every_frame:
+        typer.echo(f"--num-anchors not given: every frame of the dataset is an anchor ({summary.anchors} anchors)")
     if summary.state == "complete-already":
         typer.echo(f"{summary.directory} is already complete ({summary.anchors} anchors); nothing to do.")
         return
