@@ -89,12 +89,12 @@ def test_missing_cache_stops_before_step_1_with_the_fix(world, tmp_path):
 
 
 def test_craft_switched_off_logs_the_same_losses_as_a_plain_run_of_its_base(world, tmp_path):
-    """The wrapper itself changes nothing. (`--policy.renormalize=true`: a plain
+    """The wrapper itself changes nothing. (`--policy.normalization=dataset`: a plain
     `--policy.path` fine-tune takes the new dataset's normalization statistics.)"""
     plain = _train(world, tmp_path / "plain", f"--policy.path={world / 'act'}")
     off = _train(
         world, tmp_path / "off", "--discover_packages_path=craft_plugin", "--policy.type=craft",
-        f"--policy.base_path={world / 'act'}", "--policy.craft.enabled=false", "--policy.renormalize=true",
+        f"--policy.base_path={world / 'act'}", "--policy.craft.enabled=false", "--policy.normalization=dataset",
     )  # fmt: skip
     assert plain.returncode == 0 and off.returncode == 0, off.stderr[-3000:]
     a, b = _steps(plain.stdout + plain.stderr), _steps(off.stdout + off.stderr)
