@@ -20,19 +20,47 @@ Decisions:
   ``reset()`` then ``select_action`` frame by frame, compared with ``a_t``. Sampling policies
   (diffusion, flow matching) draw noise: the torch RNG is seeded (and restored afterwards), so
   a result is reproducible.
-* **Success** (:func:`rollout_success`): seeded rollouts in the same scenes the data came from
-  (seeds from the ``rollout`` split, disjoint from train and held-out), same renderer, camera,
-  image size and state layout as the dataset (pass ``like=`` a dataset), the instruction as
-  ``task``; an episode succeeds when Meta-World reports success within ``max_steps``. The
-  success rate comes with a 95 % Wilson score interval (:func:`wilson_interval`).
+* **Success, lean** (:func:`rollout_success`): seeded rollouts in the same scenes the data came
+  from (seeds from the ``rollout`` split, disjoint from train and held-out), same renderer,
+  camera, image size and state layout as the dataset (pass ``like=`` a dataset), LeRobot's task
+  description as ``task``; an episode succeeds when Meta-World reports success within
+  ``max_steps``. The success rate comes with a 95 % Wilson score interval
+  (:func:`wilson_interval`).
+* **Success, LeRobot's evaluator** (:func:`lerobot_eval_success`): the stock ``lerobot-eval
+  --env.type=metaworld`` executable on a plain checkpoint folder, per-episode successes read
+  from its ``eval_info.json``. Both evaluators agree by construction where they can: the same
+  episode seeds (``lerobot-eval --seed=S`` runs episode ``i`` with ``env.seed(S + i)``, exactly
+  :class:`~craft_plugin.demo.metaworld_data.MetaWorldScene.reset`; ``rollout_success`` uses
+  ``S = seed * 1e6 + 200_000`` and so does ``lerobot_eval_success``), the same success rule
+  (Meta-World's ``info["success"]`` at any step, the episode ends there), actions passed to
+  the env unclipped as float32, one ``policy.reset()`` per episode. What cannot be matched with
+  the stock tool (LeRobot 0.6.1): its metaworld env always runs up to **500** steps
+  (``MetaworldEnv._max_episode_steps`` is hard-coded, ``--env.episode_length`` is ignored), so
+  pass ``max_steps=500`` to ``rollout_success`` to compare rates; it always renders 480 x 480
+  with shadows and 4x MSAA (the lean renderer's images differ by ~9/255 on average: see
+  ``metaworld_data``; a ``renderer="env"`` dataset / :class:`RenderOptions` gives the same
+  picture up to uint8 rounding, at the env's speed), so a policy that looks at the image takes
+  slightly different actions and trajectories can part; its torch RNG has been used to build
+  the policy before the rollouts, so sampling policies (diffusion, flow matching) draw other
+  noise. With a deterministic policy whose actions do not depend on the image both give the
+  same per-episode success and the same steps to success (tested).
+* **Checkpoints for lerobot-eval** (:func:`prepare_lerobot_eval_checkpoint`): the env hands the
+  policy 480 x 480 images; a folder of symlinks whose ``policy_preprocessor.json`` has LeRobot's
+  stock ``image_crop_resize_processor`` step (to the policy's image size) makes a policy trained
+  at 64 px see what it was trained on. Stock LeRobot has no other way to set the render size.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,7 +74,10 @@ import torch
 
 from craft_plugin.demo.metaworld_data import (
     CAMERA_KEY,
+    DEFAULT_STATE_MODE,
     INSTRUCTIONS,
+    LEROBOT_EVAL_IMAGE_SIZE,
+    LEROBOT_EVAL_MAX_STEPS,
     STATE_KEY,
     DemoDataset,
     RenderOptions,
@@ -60,11 +91,16 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ActionErrorResult",
+    "LeRobotEvalResult",
     "LoadedPolicy",
     "SuccessResult",
     "action_error",
     "evaluate_checkpoint_action_error",
+    "lerobot_eval_command",
+    "lerobot_eval_success",
     "load_policy",
+    "prepare_lerobot_eval_checkpoint",
+    "rollout_seeds",
     "rollout_success",
     "wilson_interval",
 ]
@@ -358,6 +394,15 @@ class SuccessResult:
         return d
 
 
+def rollout_seeds(seed: int, episodes: int, start_seed: int | None = None) -> list[int]:
+    """Episode seeds of a success evaluation: ``start_seed + i`` when given, else the
+    ``rollout`` split of ``seed`` (``seed * 1_000_000 + 200_000 + i``, disjoint from the data).
+    Both evaluators use these, so episode ``i`` starts from the same state in both."""
+    if start_seed is not None:
+        return [int(start_seed) + i for i in range(episodes)]
+    return list(_take(episode_seeds("rollout", seed), episodes))
+
+
 def rollout_success(
     loaded: LoadedPolicy,
     task: str,
@@ -370,30 +415,37 @@ def rollout_success(
     state_mode: str | None = None,
     instruction: str | None = None,
     progress: bool = True,
+    start_seed: int | None = None,
 ) -> SuccessResult:
     """Success rate of ``episodes`` seeded rollouts of ``task`` (see module doc).
 
-    Observations are made as the dataset ``like`` was (image size, camera, state layout);
-    without it pass ``render`` and ``state_mode`` (defaults: 64 px, corner2, ``agent_goal``).
+    Observations are made as the dataset ``like`` was (image size, camera, renderer, state
+    layout); without it pass ``render`` and ``state_mode`` (defaults: 64 px lean corner2,
+    ``agent``). ``max_steps=500`` is what ``lerobot-eval`` runs (:func:`lerobot_eval_success`).
     """
     from tqdm.auto import tqdm
 
     if like is not None:
         info = like.info if isinstance(like, DemoDataset) else load_demo_info(like)
-        r = info["render"]
-        render = render or RenderOptions(image_size=r["image_size"], camera=r["camera"])
+        if render is None:
+            r = {k: v for k, v in info["render"].items() if k in RenderOptions.__dataclass_fields__}
+            r.pop("max_steps", None)
+            r.pop("steps_after_success", None)
+            render = RenderOptions(**r)
         state_mode = state_mode or info["state_mode"]
     render = render or RenderOptions()
-    state_mode = state_mode or "agent_goal"
+    state_mode = state_mode or DEFAULT_STATE_MODE
     if task not in INSTRUCTIONS:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(INSTRUCTIONS)}")
+    if not 1 <= max_steps <= LEROBOT_EVAL_MAX_STEPS:
+        raise ValueError(f"max_steps={max_steps}: Meta-World episodes are 1..{LEROBOT_EVAL_MAX_STEPS} steps")
     text = instruction or INSTRUCTIONS[task]
     policy = loaded.policy
     size = render.image_size
     state_dim = len(state_from_obs(np.zeros(39), state_mode))
     _check_inputs(policy, {STATE_KEY: (state_dim,), CAMERA_KEY: (3, size, size)})
-    scene = shared_scene(task, size, render.camera)
-    seeds = list(_take(episode_seeds("rollout", seed), episodes))
+    scene = shared_scene(task, render=render)
+    seeds = rollout_seeds(seed, episodes, start_seed)
     success_steps: list[int] = []
     env_steps = 0
     t0 = time.perf_counter()
@@ -411,7 +463,8 @@ def rollout_success(
                     "task": [text],
                 }
                 action = _postprocess(loaded.postprocessor, policy.select_action(loaded.preprocessor(raw)))
-                act = np.clip(action.reshape(-1)[:4].to("cpu", torch.float64).numpy(), -1.0, 1.0)
+                # As lerobot-eval: float32, unclipped (Meta-World clips the xyz part itself).
+                act = action.reshape(-1)[:4].to("cpu", torch.float32).numpy()
                 obs, success = scene.step(act)
                 env_steps += 1
                 if success:
@@ -438,6 +491,251 @@ def rollout_success(
     logger.info(
         "%s success %d/%d = %.2f (95%% CI %.2f-%.2f), %d env steps at %.0f steps/s",
         task, k, episodes, result.rate, *result.ci95, env_steps, result.steps_per_s,
+    )
+    return result
+
+
+# ---------------------------------------------------------------------- LeRobot's own evaluator
+PREPROCESSOR_FILE = "policy_preprocessor.json"
+RESIZE_STEP = "image_crop_resize_processor"  #: LeRobot's stock resize step (lerobot.processor.hil_processor)
+
+
+def _policy_input_features(folder: Path) -> dict[str, dict[str, Any]]:
+    cfg = json.loads((folder / "config.json").read_text())
+    feats = cfg.get("input_features") or {}
+    if not feats and isinstance(cfg.get("base_config"), dict):  # a craft wrapper's config
+        feats = cfg["base_config"].get("input_features") or {}
+    return feats
+
+
+def prepare_lerobot_eval_checkpoint(
+    checkpoint_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """A folder stock ``lerobot-eval --env.type=metaworld`` can evaluate ``checkpoint_dir`` from.
+
+    The env hands the policy ``observation.image`` at 480 x 480; a policy trained on smaller
+    images (the demo's 64 px) needs them resized. This writes ``out_dir`` (default: a new
+    temporary folder) with every file of the checkpoint symlinked (copied where links fail),
+    except ``policy_preprocessor.json``, which gains LeRobot's own ``image_crop_resize_processor``
+    step (``resize_size`` = the policy's image size) just before normalization. A policy that
+    already takes 480 x 480 images, or whose preprocessor already resizes, is returned as is.
+    Raises ``ValueError`` when the policy wants inputs the env does not give (e.g. a dataset of
+    generator version 1: ``observation.images.cam`` and a 7-number state).
+    """
+    folder = Path(checkpoint_dir)
+    if not (folder / "config.json").is_file() or not (folder / PREPROCESSOR_FILE).is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a LeRobot checkpoint folder (needs config.json and {PREPROCESSOR_FILE}); "
+            "pass a `pretrained_model` folder (for a craft run: `craft export` it first)"
+        )
+    feats = _policy_input_features(folder)
+    images = {k: v for k, v in feats.items() if v.get("type") == "VISUAL"}
+    wrong = sorted(set(images) - {CAMERA_KEY})
+    state = feats.get(STATE_KEY)
+    problems = []
+    if wrong or not images:
+        problems.append(f"image inputs {sorted(images)} (the env gives only {CAMERA_KEY!r})")
+    if state is not None and tuple(state.get("shape", ())) != (4,):
+        problems.append(f"{STATE_KEY} of shape {tuple(state.get('shape', ()))} (the env gives agent_pos, 4 numbers)")
+    other = sorted(k for k, v in feats.items() if k not in images and k != STATE_KEY)
+    if other:
+        problems.append(f"inputs {other} the env does not give")
+    if problems:
+        raise ValueError(
+            f"{folder}: lerobot-eval --env.type=metaworld cannot feed this policy: {'; '.join(problems)}. "
+            "Train it on a dataset from craft_plugin.demo.metaworld_data with the default state_mode 'agent' "
+            "(generator version >= 2)"
+        )
+    shape = tuple(images[CAMERA_KEY]["shape"])  # (C, H, W)
+    size = [int(shape[1]), int(shape[2])]
+    pre = json.loads((folder / PREPROCESSOR_FILE).read_text())
+    steps = pre.get("steps", [])
+    if size == [LEROBOT_EVAL_IMAGE_SIZE, LEROBOT_EVAL_IMAGE_SIZE] or any(st.get("registry_name") == RESIZE_STEP for st in steps):
+        return folder
+    at = next((i for i, st in enumerate(steps) if st.get("registry_name") == "normalizer_processor"), len(steps))
+    steps.insert(at, {"registry_name": RESIZE_STEP, "config": {"crop_params_dict": None, "resize_size": size}})
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="craft-lerobot-eval-ckpt-"))
+    out.mkdir(parents=True, exist_ok=True)
+    for item in folder.iterdir():
+        if item.name == PREPROCESSOR_FILE:
+            continue
+        target = out / item.name
+        if target.is_symlink() or target.exists():
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        try:
+            target.symlink_to(item.resolve(), target_is_directory=item.is_dir())
+        except OSError:
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
+    (out / PREPROCESSOR_FILE).write_text(json.dumps(pre, indent=2))
+    return out
+
+
+def _lerobot_eval_executable() -> str:
+    here = Path(sys.executable).parent / "lerobot-eval"
+    found = str(here) if here.is_file() else shutil.which("lerobot-eval")
+    if not found:
+        raise FileNotFoundError("lerobot-eval not found next to this Python nor on PATH: install lerobot")
+    return found
+
+
+def lerobot_eval_command(
+    checkpoint_dir: str | os.PathLike[str],
+    task: str,
+    *,
+    episodes: int,
+    start_seed: int,
+    output_dir: str | os.PathLike[str],
+    batch_size: int = 1,
+    device: str = "cpu",
+    use_async_envs: bool = False,
+    executable: str | None = None,
+) -> list[str]:
+    """The stock ``lerobot-eval`` command line (what a user would type)."""
+    return [
+        executable or _lerobot_eval_executable(),
+        "--env.type=metaworld",
+        f"--env.task={task}",
+        f"--eval.n_episodes={episodes}",
+        f"--eval.batch_size={batch_size}",
+        f"--eval.use_async_envs={str(bool(use_async_envs)).lower()}",
+        f"--policy.path={checkpoint_dir}",
+        f"--policy.device={device}",
+        f"--seed={start_seed}",
+        f"--output_dir={output_dir}",
+    ]
+
+
+@dataclass
+class LeRobotEvalResult(SuccessResult):
+    """:class:`SuccessResult` from stock ``lerobot-eval``. ``success_steps`` holds ``-1`` for a
+    failed episode and the steps to success for a successful one when its video was written
+    (``lerobot-eval`` writes the first 10 episodes' videos), else ``0`` (succeeded, steps
+    unknown). ``env_steps`` counts the steps of those videos' episodes only; ``steps_per_s`` is
+    ``env_steps`` over ``eval_seconds`` (lerobot-eval's own rollout time, start-up excluded);
+    ``seconds`` is the whole subprocess."""
+
+    episode_successes: list[bool] = field(default_factory=list)
+    eval_seconds: float = 0.0  #: lerobot-eval's ``overall.eval_s``
+    pc_success: float = 0.0  #: lerobot-eval's own aggregate (percent)
+    command: list[str] = field(default_factory=list)
+    output_dir: str = ""
+    videos: list[str] = field(default_factory=list)
+
+
+def _video_frames(path: str | os.PathLike[str]) -> int:
+    import av
+
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def lerobot_eval_success(
+    checkpoint_dir: str | os.PathLike[str],
+    task: str,
+    episodes: int = 20,
+    seed: int = 0,
+    max_steps: int | None = None,
+    *,
+    start_seed: int | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 1,
+    device: str = "cpu",
+    use_async_envs: bool = False,
+    timeout: float | None = None,
+    extra_args: Sequence[str] = (),
+    executable: str | None = None,
+) -> LeRobotEvalResult:
+    """Success rate of ``checkpoint_dir`` on Meta-World ``task`` from stock ``lerobot-eval``.
+
+    Runs ``lerobot-eval --env.type=metaworld --env.task=TASK --eval.n_episodes=N
+    --eval.batch_size=B --eval.use_async_envs=false --policy.path=CKPT --policy.device=DEVICE
+    --seed=S --output_dir=OUT`` as a subprocess (``HF_HUB_OFFLINE=1``, ``MUJOCO_GL=egl`` unless
+    set), on the folder :func:`prepare_lerobot_eval_checkpoint` makes from ``checkpoint_dir``
+    (a plain LeRobot ``pretrained_model`` folder), and reads ``OUT/eval_info.json``. Episode
+    ``i`` is seeded ``S + i`` with ``S`` from :func:`rollout_seeds` (the same states as
+    :func:`rollout_success` with the same ``seed`` / ``start_seed``). ``max_steps``: only
+    ``None`` or 500 — the stock metaworld env always runs up to 500 steps. The log is
+    ``OUT/lerobot_eval.log``; ``OUT`` defaults to a new temporary folder.
+    """
+    if max_steps not in (None, LEROBOT_EVAL_MAX_STEPS):
+        raise ValueError(
+            f"max_steps={max_steps}: stock lerobot-eval's metaworld env (LeRobot 0.6.1) always runs up to "
+            f"{LEROBOT_EVAL_MAX_STEPS} steps (MetaworldEnv._max_episode_steps; --env.episode_length is ignored); "
+            f"use max_steps=None/{LEROBOT_EVAL_MAX_STEPS}, and rollout_success(max_steps={LEROBOT_EVAL_MAX_STEPS}) to compare"
+        )
+    if episodes < 1:
+        raise ValueError("episodes must be >= 1")
+    seeds = rollout_seeds(seed, episodes, start_seed)
+    out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="craft-lerobot-eval-"))
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = prepare_lerobot_eval_checkpoint(checkpoint_dir, out / "checkpoint")
+    run_dir = out / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # stale videos / eval_info.json of an earlier run must not be read
+    cmd = [
+        *lerobot_eval_command(
+            ckpt, task, episodes=episodes, start_seed=seeds[0], output_dir=run_dir,
+            batch_size=batch_size, device=device, use_async_envs=use_async_envs, executable=executable,
+        ),
+        *extra_args,
+    ]  # fmt: skip
+    env = dict(os.environ)
+    env["HF_HUB_OFFLINE"] = "1"
+    env.setdefault("MUJOCO_GL", "egl")
+    log = out / "lerobot_eval.log"
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        try:
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as err:
+            raise TimeoutError(f"lerobot-eval ran past {timeout} s; log: {log}") from err
+    seconds = time.perf_counter() - t0
+    info_path = run_dir / "eval_info.json"
+    if proc.returncode != 0 or not info_path.is_file():
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"lerobot-eval failed (exit {proc.returncode}); command: {' '.join(map(str, cmd))}\n{tail}")
+    info = json.loads(info_path.read_text())
+    tasks = info.get("per_task", [])
+    if len(tasks) != 1:
+        raise RuntimeError(f"{info_path}: expected one task's results, found {len(tasks)}")
+    metrics = tasks[0]["metrics"]
+    wins = [bool(x) for x in metrics["successes"]][:episodes]
+    videos = [str(v) for v in metrics.get("video_paths", [])]
+    steps: list[int] = []
+    env_steps = 0
+    for i, ok in enumerate(wins):
+        n = _video_frames(videos[i]) if i < len(videos) and Path(videos[i]).is_file() else None
+        if n is not None:
+            env_steps += n
+        steps.append(-1 if not ok else (n if n is not None else 0))
+    k = sum(wins)
+    eval_s = float(info.get("overall", {}).get("eval_s", seconds))
+    result = LeRobotEvalResult(
+        task=task,
+        successes=k,
+        episodes=len(wins),
+        rate=k / len(wins),
+        ci95=wilson_interval(k, len(wins)),
+        max_steps=LEROBOT_EVAL_MAX_STEPS,
+        seeds=seeds[: len(wins)],
+        success_steps=steps,
+        env_steps=env_steps,
+        seconds=seconds,
+        steps_per_s=env_steps / max(eval_s, 1e-9),
+        episode_successes=wins,
+        eval_seconds=eval_s,
+        pc_success=float(info.get("overall", {}).get("pc_success", 100.0 * k / len(wins))),
+        command=[str(c) for c in cmd],
+        output_dir=str(out),
+        videos=videos,
+    )
+    logger.info(
+        "lerobot-eval %s: success %d/%d = %.2f (95%% CI %.2f-%.2f) in %.0f s", task, k, len(wins), result.rate,
+        *result.ci95, seconds,
     )
     return result
 

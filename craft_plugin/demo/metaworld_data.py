@@ -2,15 +2,32 @@
 
 Decisions (see ``../shared/LEROBOT-NOTES.md`` for the measurements behind them):
 
-* **Tasks**: A = ``push-v3`` ("push the puck to the goal"), B = ``reach-v3`` ("reach the
-  goal"). Both share one scene (table, red puck, goal marker); only the goal differs. Push comes
+* **Tasks**: A = ``push-v3`` ("Push the puck to a goal"), B = ``reach-v3`` ("Reach a goal
+  position": LeRobot's own task descriptions, which ``lerobot-eval`` passes as ``task``). Both
+  share one scene (table, red puck, goal marker); only the goal differs. Push comes
   first because the push expert also "solves" reach most of the time, never the reverse.
-* **Rendering**: one direct :class:`mujoco.Renderer` per scene with anti-aliasing
-  (``offsamples=0``), shadows and reflections off — ~10x faster than ``env.render()`` on a
-  software GL. ``MUJOCO_GL`` is set to ``egl`` when unset, *before* mujoco is imported
-  (importing this module does it); set ``MUJOCO_GL=osmesa`` yourself where EGL is missing.
-  Camera ``corner2`` with LeRobot's own position tweak and its 180° flip (as
-  ``lerobot.envs.metaworld`` does), so the gripper, the puck and the goal marker are in view.
+* **LeRobot's conventions**: the datasets follow what stock ``lerobot-eval
+  --env.type=metaworld`` feeds a policy (``lerobot.envs.metaworld`` + ``preprocess_observation``;
+  LeRobot 0.6.1), so a policy trained on them is evaluated by LeRobot's own evaluator:
+  ``observation.image`` (one camera: the env's ``pixels`` array becomes ``observation.image``,
+  ``[B, 3, 480, 480]`` float in [0, 1]) and ``observation.state`` = ``agent_pos`` = the first 4
+  numbers of the raw observation (hand xyz, gripper), float32. The env renders camera
+  ``corner2`` moved to ``(0.75, 0.075, 0.7)``, flipped on both axes (a 180° turn), always at
+  480 x 480 (its config has no size or camera option), 4x MSAA, shadows on. A policy trained
+  at ``image_size`` is evaluated through a stock ``image_crop_resize_processor`` step (bilinear,
+  antialiased: :func:`lerobot_view` is the same transform) that
+  :func:`craft_plugin.demo.evaluate.prepare_lerobot_eval_checkpoint` adds to its preprocessor.
+* **Rendering**: ``renderer="lean"`` (default): one direct :class:`mujoco.Renderer` per scene
+  with anti-aliasing (``offsamples=0``), shadows and reflections off — ~10x faster than
+  ``env.render()`` on a software GL. Same camera pose, flip and size as the env's view
+  downscaled; it differs in lighting (no shadow of the arm on the table) and edge
+  anti-aliasing. Measured at 64 px (push and reach, 20 expert states each, mean |difference|
+  to the env's view downscaled, frames/s of the renderer alone on 2 lightly loaded cores):
+  lean 9.1/255 at ~110 fps; ``supersample=2`` 7.4/255, ~33 fps; ``shadows=True`` 4.3/255,
+  ~18 fps; ``shadows=True, supersample=2`` 1.2/255, ~13 fps; ``renderer="env"`` renders
+  exactly what ``lerobot-eval`` sees (Meta-World's own 480 x 480 render, then
+  :func:`lerobot_view`; 0-1/255 from uint8 rounding), ~5-7 fps. ``MUJOCO_GL`` is set to ``egl`` when unset, *before* mujoco is
+  imported (importing this module does it); set ``MUJOCO_GL=osmesa`` yourself where EGL is missing.
 * **Episodes**: ``env._freeze_rand_vec=False``, ``env.seeded_rand_vec=True`` and
   ``env.seed(k)`` before each reset, so episode ``k`` has the same puck and goal every time.
   Seeds are ``seed * 1_000_000 + SPLIT_OFFSET[split] + i``: ``train``, ``heldout`` and
@@ -19,11 +36,12 @@ Decisions (see ``../shared/LEROBOT-NOTES.md`` for the measurements behind them):
   there"), at most ``max_steps``. A seed whose expert fails is skipped (logged, recorded in
   the dataset's ``craft_demo.json``) and the next seed is used, so a dataset always holds
   ``episodes`` successful demonstrations. The recorded action is the expert's action clipped
-  to [-1, 1] (what the env executes).
-* **Features**: ``observation.images.cam`` (H x W x 3 uint8, stored as PNG *images*, not
-  video), ``observation.state`` (see :data:`STATE_MODES`; default ``agent_goal`` = hand xyz,
-  gripper, goal xyz: the goal marker is only a pixel or two at 64x64, and with ``agent`` =
-  LeRobot's ``agent_pos`` alone a policy must find it in the image), ``action`` (4),
+  to [-1, 1], as float32 (what ``lerobot-eval`` hands the env: float64 actions give slightly
+  different trajectories).
+* **Features**: ``observation.image`` (H x W x 3 uint8, stored as PNG *images*, not
+  video), ``observation.state`` (see :data:`STATE_MODES`; default ``agent`` = LeRobot's
+  ``agent_pos``, the only state ``lerobot-eval`` gives; ``agent_goal`` = + goal xyz etc. stay
+  selectable for lean-only experiments), ``action`` (4),
   ``sim.obs`` (the raw 39-number Meta-World observation; LeRobot policies ignore keys outside
   ``observation.*``/``action``), and the instruction as the frame's ``task``. fps 80 (LeRobot's
   Meta-World env).
@@ -85,7 +103,11 @@ __all__ = [
     "STATE_MODES",
     "TASK_A",
     "TASK_B",
+    "DEFAULT_STATE_MODE",
+    "LEROBOT_EVAL_IMAGE_SIZE",
+    "LEROBOT_EVAL_MAX_STEPS",
     "build_dataset",
+    "lerobot_view",
     "close_scenes",
     "default_cache_dir",
     "episode_seeds",
@@ -97,16 +119,18 @@ __all__ = [
 ]
 
 #: Bump when anything that is generated changes (images, state, episode rules...).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: LeRobot's metaworld conventions (observation.image, agent_pos), float32 actions
 
 TASK_A = "push-v3"
 TASK_B = "reach-v3"
+#: The frames' ``task``: LeRobot's own Meta-World task descriptions
+#: (``lerobot/envs/metaworld_config.json``), which ``lerobot-eval`` hands a policy as ``task``.
 INSTRUCTIONS: dict[str, str] = {
-    "push-v3": "push the puck to the goal",
-    "reach-v3": "reach the goal",
+    "push-v3": "Push the puck to a goal",
+    "reach-v3": "Reach a goal position",
 }
 
-CAMERA_KEY = "observation.images.cam"
+CAMERA_KEY = "observation.image"  #: lerobot-eval's key for the metaworld env's one camera
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 SIM_OBS_KEY = "sim.obs"
@@ -117,6 +141,10 @@ SPLIT_OFFSET: dict[str, int] = {"train": 0, "heldout": 100_000, "rollout": 200_0
 _SEED_STRIDE = 1_000_000
 
 StateMode = Literal["agent", "agent_goal", "agent_puck_goal", "full"]
+DEFAULT_STATE_MODE = "agent"  #: lerobot-eval's ``observation.state`` (``agent_pos``)
+#: What ``lerobot-eval --env.type=metaworld`` renders (LeRobot 0.6.1: fixed, not configurable).
+LEROBOT_EVAL_IMAGE_SIZE = 480
+LEROBOT_EVAL_MAX_STEPS = 500  #: ``MetaworldEnv._max_episode_steps`` (``--env.episode_length`` is ignored)
 #: Which numbers of the 39-d Meta-World observation form ``observation.state``.
 #: ``agent``: hand xyz + gripper (LeRobot's ``agent_pos``, 4); ``agent_goal``: + goal xyz (7);
 #: ``agent_puck_goal``: + puck xyz + goal xyz (10); ``full``: all 39.
@@ -152,12 +180,30 @@ class RenderOptions:
     camera: str = "corner2"
     max_steps: int = 150
     steps_after_success: int = 10
+    #: ``"lean"``: direct low-resolution MuJoCo render (fast); ``"env"``: Meta-World's own
+    #: 480 x 480 render downscaled like ``lerobot-eval``'s resize step (exact, slow).
+    renderer: Literal["lean", "env"] = "lean"
+    shadows: bool = False  #: lean only: the arm's shadow, as the env draws it (~6x slower)
+    supersample: int = 1  #: lean only: render this many times larger, then downscale (anti-aliasing)
 
     def __post_init__(self) -> None:
         if self.image_size < 8:
             raise ValueError(f"image_size={self.image_size}: use at least 8 pixels")
         if self.max_steps < 1 or self.steps_after_success < 0:
             raise ValueError("max_steps must be >= 1 and steps_after_success >= 0")
+        if self.max_steps > LEROBOT_EVAL_MAX_STEPS:
+            raise ValueError(f"max_steps={self.max_steps}: Meta-World episodes end at {LEROBOT_EVAL_MAX_STEPS} steps")
+        if self.renderer not in ("lean", "env"):
+            raise ValueError(f"renderer={self.renderer!r}: expected 'lean' or 'env'")
+        if self.supersample < 1:
+            raise ValueError(f"supersample={self.supersample}: must be >= 1")
+        if self.renderer == "env" and (self.shadows or self.supersample != 1):
+            raise ValueError("shadows / supersample are lean-renderer options; renderer='env' always draws the env's view")
+
+    @property
+    def scene_key(self) -> tuple[int, str, str, bool, int]:
+        """What a :class:`MetaWorldScene` renders (everything but the episode rules)."""
+        return (int(self.image_size), self.camera, self.renderer, bool(self.shadows), int(self.supersample))
 
 
 @dataclass(frozen=True)
@@ -204,6 +250,11 @@ class DemoDataset:
     def state_mode(self) -> str:
         return str(self.info["state_mode"])
 
+    @property
+    def render(self) -> RenderOptions:
+        """The :class:`RenderOptions` the episodes were made with."""
+        return RenderOptions(**self.info["render"])
+
     def load(self) -> Any:
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -221,43 +272,83 @@ def episode_seeds(split: str, seed: int, start: int = 0) -> Iterator[int]:
         i += 1
 
 
+def lerobot_view(image: np.ndarray, size: int) -> np.ndarray:
+    """``image`` (``H x W x 3`` uint8) resized to ``size x size`` the way a checkpoint prepared
+    by :func:`craft_plugin.demo.evaluate.prepare_lerobot_eval_checkpoint` resizes the env's
+    480 x 480 view inside ``lerobot-eval`` (LeRobot's ``image_crop_resize_processor``:
+    torchvision bilinear, antialiased, on [0, 1] floats), rounded back to uint8."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return np.ascontiguousarray(image)
+    import torch
+    import torchvision.transforms.functional as TF
+
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    out = TF.resize(t[None], [size, size]).clamp_(0.0, 1.0)[0]
+    return out.mul_(255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
 # ---------------------------------------------------------------------- the scene
 class MetaWorldScene:
-    """One Meta-World task env plus a lean offscreen renderer. Close it (or use ``with``).
+    """One Meta-World task env plus an offscreen renderer. Close it (or use ``with``).
 
-    ``reset(seed)`` puts the puck and goal of episode ``seed``; ``image()`` renders the camera
-    as ``H x W x 3`` uint8; ``step(action)`` returns ``(obs, success)``.
+    ``reset(seed)`` puts the puck and goal of episode ``seed`` (exactly as LeRobot's
+    ``MetaworldEnv.reset(seed=seed)`` does); ``image()`` renders the camera as
+    ``H x W x 3`` uint8; ``step(action)`` returns ``(obs, success)``. ``renderer``,
+    ``shadows`` and ``supersample``: see :class:`RenderOptions`.
     """
 
-    def __init__(self, task: str, image_size: int = 64, camera: str = "corner2") -> None:
+    def __init__(
+        self,
+        task: str,
+        image_size: int = 64,
+        camera: str = "corner2",
+        *,
+        renderer: str = "lean",
+        shadows: bool = False,
+        supersample: int = 1,
+    ) -> None:
         import metaworld
         import mujoco
 
         if task not in INSTRUCTIONS:
             raise ValueError(f"unknown task {task!r}; this generator knows {sorted(INSTRUCTIONS)}")
+        RenderOptions(image_size=image_size, camera=camera, renderer=renderer, shadows=shadows, supersample=supersample)
         self.task = task
         self.camera = camera
+        self.image_size = int(image_size)
+        self.kind = renderer
+        self.supersample = int(supersample)
+        self.renderer = None
         mt1 = metaworld.MT1(task, seed=0)
-        env = mt1.train_classes[task]()
+        if renderer == "env":  # Meta-World's own renderer, set up as lerobot.envs.metaworld does
+            env = mt1.train_classes[task](render_mode="rgb_array", camera_name=camera)
+        else:
+            env = mt1.train_classes[task]()
         env.set_task(mt1.train_tasks[0])
         env._freeze_rand_vec = False  # new object / goal positions each reset ...
         env.seeded_rand_vec = True  # ... drawn from env.seed(k)'s generator
         if camera == "corner2":
             env.model.cam_pos[2] = list(_CORNER2_POS)
-        env.model.vis.quality.offsamples = 0  # no multisample anti-aliasing
         self.env = env
         self._mujoco = mujoco
         try:
-            self.renderer = mujoco.Renderer(env.model, image_size, image_size)
+            if renderer == "env":
+                env.reset()
+                env.render()  # creates the GL context now, so a missing platform fails here
+                self.renderer = env.mujoco_renderer
+            else:
+                env.model.vis.quality.offsamples = 0  # no multisample anti-aliasing
+                side = self.image_size * self.supersample
+                self.renderer = mujoco.Renderer(env.model, side, side)
+                flags = self.renderer.scene.flags
+                flags[mujoco.mjtRndFlag.mjRND_SHADOW] = int(bool(shadows))
+                flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         except Exception as err:  # mujoco.FatalError: no GL platform loaded
             raise RuntimeError(
                 f"cannot create an offscreen MuJoCo renderer (MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}): {err}. "
                 "Set MUJOCO_GL=egl (or osmesa) before anything imports mujoco — importing "
                 "craft_plugin.demo.metaworld_data first does it"
             ) from err
-        flags = self.renderer.scene.flags
-        flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-        flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         self.max_path_length = int(env.max_path_length)
         self._steps = 0
         _track_open_scene(self)
@@ -269,24 +360,31 @@ class MetaWorldScene:
         return np.asarray(obs, dtype=np.float64)
 
     def image(self) -> np.ndarray:
-        self.renderer.update_scene(self.env.data, camera=self.camera)
-        img = self.renderer.render()
+        if self.kind == "env":
+            # gymnasium's offscreen viewer does not make its GL context current when it renders:
+            # after another context (a lean scene, another env) it would draw into that one.
+            self.renderer._get_viewer("rgb_array").make_context_current()
+            img = self.env.render()
+        else:
+            self.renderer.update_scene(self.env.data, camera=self.camera)
+            img = self.renderer.render()
         if self.camera == "corner2":
             img = img[::-1, ::-1]
-        return np.ascontiguousarray(img)
+        return lerobot_view(img, self.image_size)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, bool]:
+        """One env step with ``action`` as float32 (what ``lerobot-eval`` passes the env)."""
         if self._steps >= self.max_path_length:
             raise RuntimeError(f"episode longer than Meta-World's max_path_length {self.max_path_length}")
-        obs, _reward, _term, _trunc, info = self.env.step(np.asarray(action, dtype=np.float64))
+        obs, _reward, _term, _trunc, info = self.env.step(np.asarray(action, dtype=np.float32))
         self._steps += 1
         return np.asarray(obs, dtype=np.float64), bool(info.get("success", 0.0))
 
     def close(self) -> None:
         renderer = getattr(self, "renderer", None)
-        if renderer is not None:
+        if renderer is not None and getattr(self, "kind", "lean") == "lean":
             renderer.close()
-            self.renderer = None  # type: ignore[assignment]
+        self.renderer = None  # type: ignore[assignment]
         env = getattr(self, "env", None)
         if env is not None:
             with contextlib.suppress(Exception):
@@ -300,11 +398,13 @@ class MetaWorldScene:
         self.close()
 
     def __del__(self) -> None:  # pragma: no cover - best effort
-        with contextlib.suppress(Exception):
+        try:  # no contextlib here: module globals may already be gone at interpreter exit
             self.close()
+        except Exception:
+            pass
 
 
-_SCENES: dict[tuple[str, int, str], MetaWorldScene] = {}
+_SCENES: dict[tuple[Any, ...], MetaWorldScene] = {}
 _OPEN_SCENES: weakref.WeakSet[MetaWorldScene] = weakref.WeakSet()
 _ATEXIT_REGISTERED = False
 
@@ -327,13 +427,19 @@ def _close_open_scenes() -> None:
         scene.close()
 
 
-def shared_scene(task: str, image_size: int = 64, camera: str = "corner2") -> MetaWorldScene:
-    """A per-process scene for ``(task, image_size, camera)``, built once (building one costs
-    ~1–2 s: Meta-World's MT1 set-up plus a GL context). Closed by :func:`close_scenes` or at exit."""
-    key = (task, int(image_size), camera)
+def shared_scene(
+    task: str, image_size: int = 64, camera: str = "corner2", *, render: RenderOptions | None = None
+) -> MetaWorldScene:
+    """A per-process scene for ``(task, image_size, camera)`` — or for ``render``'s view when
+    given (it overrides both) — built once (building one costs ~1–2 s: Meta-World's MT1 set-up
+    plus a GL context). Closed by :func:`close_scenes` or at exit."""
+    opts = render if render is not None else RenderOptions(image_size=image_size, camera=camera)
+    key = (task, *opts.scene_key)
     scene = _SCENES.get(key)
     if scene is None or scene.renderer is None:
-        scene = _SCENES[key] = MetaWorldScene(task, image_size, camera)
+        scene = _SCENES[key] = MetaWorldScene(
+            task, opts.image_size, opts.camera, renderer=opts.renderer, shadows=opts.shadows, supersample=opts.supersample
+        )
     return scene
 
 
@@ -385,8 +491,9 @@ def _run_expert_episode(scene: MetaWorldScene, expert: Any, seed: int, opts: Ren
 
 # ---------------------------------------------------------------------- raw episode cache
 def _episode_dir(cache_dir: Path, task: str, opts: RenderOptions) -> Path:
+    view = opts.renderer + ("-shadows" if opts.shadows else "") + (f"-ss{opts.supersample}" if opts.supersample > 1 else "")
     name = (
-        f"v{GENERATOR_VERSION}-{task}-{opts.camera}-{opts.image_size}px-"
+        f"v{GENERATOR_VERSION}-{task}-{opts.camera}-{opts.image_size}px-{view}-"
         f"max{opts.max_steps}-tail{opts.steps_after_success}"
     )
     return cache_dir / "episodes" / name
@@ -427,7 +534,7 @@ def _collect_episodes(
                     with np.load(path) as z:
                         ep = {k: z[k] for k in z.files}
                 else:
-                    scene = shared_scene(s.task, opts.image_size, opts.camera)
+                    scene = shared_scene(s.task, render=opts)
                     ep = _run_expert_episode(scene, _expert(s.task), seed, opts)
                     _atomic_save_npz(path, ep)
                 if not bool(ep["success"]):
@@ -483,7 +590,7 @@ def build_dataset(
     cache_dir: str | os.PathLike[str] | None = None,
     *,
     render: RenderOptions = RenderOptions(),
-    state_mode: str = "agent_goal",
+    state_mode: str = DEFAULT_STATE_MODE,
     fps: int = 80,
     image_writer_threads: int = 0,
     progress: bool = True,
@@ -614,7 +721,16 @@ def _write_lerobot(
         "state_mode": state_mode,
         "state_indices": STATE_MODES[state_mode],
         "camera_key": CAMERA_KEY,
+        "state_key": STATE_KEY,
         "render": dataclasses.asdict(opts),
+        # What lerobot-eval gives a policy trained here (LeRobot 0.6.1's metaworld env).
+        "lerobot_eval": {
+            "env.type": "metaworld",
+            "image": {"key": CAMERA_KEY, "env_shape": [LEROBOT_EVAL_IMAGE_SIZE, LEROBOT_EVAL_IMAGE_SIZE, 3],
+                      "camera": "corner2 (moved, flipped 180 degrees)", "dataset_shape": [opts.image_size, opts.image_size, 3]},
+            "state": {"key": STATE_KEY, "env": "agent_pos (obs[:4])", "compatible": state_mode == "agent"},
+            "max_steps": LEROBOT_EVAL_MAX_STEPS,
+        },
         "sets": [
             {**dataclasses.asdict(s), "instruction": s.instruction, "skipped_seeds": skipped}
             for s, _, skipped in collected

@@ -42,10 +42,12 @@ def reach_sets(demo_cache: Path):
 def _policy_features(dataset) -> tuple[dict, dict]:
     from lerobot.configs.types import FeatureType, PolicyFeature
 
+    from craft_plugin.demo.metaworld_data import CAMERA_KEY
+
     meta = dataset.load().meta
-    h, w, c = meta.features["observation.images.cam"]["shape"]
+    h, w, c = meta.features[CAMERA_KEY]["shape"]
     inputs = {
-        "observation.images.cam": PolicyFeature(type=FeatureType.VISUAL, shape=(c, h, w)),
+        CAMERA_KEY: PolicyFeature(type=FeatureType.VISUAL, shape=(c, h, w)),
         "observation.state": PolicyFeature(type=FeatureType.STATE, shape=tuple(meta.features["observation.state"]["shape"])),
     }
     outputs = {"action": PolicyFeature(type=FeatureType.ACTION, shape=(4,))}
@@ -60,15 +62,14 @@ def _save(policy, pre, post, directory: Path) -> Path:
     return directory
 
 
-@pytest.fixture(scope="session")
-def act_checkpoint(tmp_path_factory: pytest.TempPathFactory, push_sets) -> Path:
-    """A tiny random-weight ACT (dim 32, chunk 5, ResNet-18 from scratch) saved as a
-    ``pretrained_model`` folder, with the push training set's normalization statistics."""
+def _tiny_act(dataset):
+    """A tiny random-weight ACT (dim 32, chunk 5, ResNet-18 from scratch) on ``dataset``'s
+    features, with its normalization statistics: ``(policy, preprocessor, postprocessor)``."""
     import torch
     from lerobot.policies.act.configuration_act import ACTConfig
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
-    inputs, outputs = _policy_features(push_sets[0])
+    inputs, outputs = _policy_features(dataset)
     config = ACTConfig(
         input_features=inputs,
         output_features=outputs,
@@ -86,8 +87,44 @@ def act_checkpoint(tmp_path_factory: pytest.TempPathFactory, push_sets) -> Path:
     )
     torch.manual_seed(0)
     policy = get_policy_class("act")(config)
-    pre, post = make_pre_post_processors(config, dataset_stats=push_sets[0].load().meta.stats)
-    return _save(policy, pre, post, tmp_path_factory.mktemp("act") / "pretrained_model")
+    pre, post = make_pre_post_processors(config, dataset_stats=dataset.load().meta.stats)
+    return policy, pre, post
+
+
+@pytest.fixture(scope="session")
+def act_checkpoint(tmp_path_factory: pytest.TempPathFactory, push_sets) -> Path:
+    """A tiny random-weight ACT saved as a ``pretrained_model`` folder, with the push training
+    set's normalization statistics."""
+    return _save(*_tiny_act(push_sets[0]), tmp_path_factory.mktemp("act") / "pretrained_model")
+
+
+#: A constant action (hand xyz velocity, gripper) that takes Meta-World reach-v3's hand through
+#: the goals of episode seeds 7 and 8 (found by a search over seeds; the straight line from the
+#: hand's start passes within reach of both goals): success at step 26 and 24.
+REACH_LINE_ACTION = (-0.048, 1.0, -0.33, 0.0)
+REACH_LINE_SEEDS = (7, 8)
+
+
+@pytest.fixture(scope="session")
+def reach_line() -> dict:
+    """:data:`REACH_LINE_ACTION` and :data:`REACH_LINE_SEEDS` (tests cannot import this conftest)."""
+    return {"action": REACH_LINE_ACTION, "seeds": REACH_LINE_SEEDS}
+
+
+@pytest.fixture(scope="session")
+def constant_act_checkpoint(tmp_path_factory: pytest.TempPathFactory, reach_sets) -> Path:
+    """A tiny ACT whose action head is zeroed, its bias set so that the un-normalized action is
+    always :data:`REACH_LINE_ACTION`: a real LeRobot checkpoint whose actions do not depend on
+    the image or the state (so the lean and the stock evaluator must take the same steps)."""
+    import torch
+
+    policy, pre, post = _tiny_act(reach_sets[0])
+    zero = post(torch.zeros(1, 4))[0]
+    scale = post(torch.ones(1, 4))[0] - zero
+    with torch.no_grad():
+        policy.model.action_head.weight.zero_()
+        policy.model.action_head.bias.copy_((torch.tensor(REACH_LINE_ACTION) - zero) / scale)
+    return _save(policy, pre, post, tmp_path_factory.mktemp("act-const") / "pretrained_model")
 
 
 @pytest.fixture(scope="session")

@@ -127,7 +127,7 @@ def test_craft_checkpoint_evaluates_like_its_base(act_checkpoint, craft_checkpoi
 def test_policy_expecting_other_inputs_is_refused(act_checkpoint, push_sets) -> None:
     loaded = ev.load_policy(act_checkpoint)
     with pytest.raises(ValueError, match="same state_mode"):
-        ev.rollout_success(loaded, "push-v3", episodes=1, max_steps=2, state_mode="agent", progress=False)
+        ev.rollout_success(loaded, "push-v3", episodes=1, max_steps=2, state_mode="agent_goal", progress=False)
     with pytest.raises(FileNotFoundError, match="did you mean"):
         ev.load_policy(act_checkpoint.parent)
 
@@ -143,3 +143,77 @@ def test_tiny_smolvla_checkpoint_action_error(smolvla_checkpoint, push_sets) -> 
     assert again.l1 == pytest.approx(res.l1, rel=1e-5)  # seeded flow-matching noise
     out = ev.rollout_success(loaded, "push-v3", episodes=1, max_steps=6, like=push_sets[1], progress=False)
     assert out.env_steps == 6 and out.successes == 0
+
+
+# ---------------------------------------------------------------------- LeRobot's own evaluator
+def test_prepare_lerobot_eval_checkpoint_adds_a_stock_resize_step(act_checkpoint, tmp_path) -> None:
+    import json
+
+    out = ev.prepare_lerobot_eval_checkpoint(act_checkpoint, tmp_path / "view")
+    steps = json.loads((out / ev.PREPROCESSOR_FILE).read_text())["steps"]
+    names = [st["registry_name"] for st in steps]
+    assert names.index(ev.RESIZE_STEP) == names.index("normalizer_processor") - 1
+    assert steps[names.index(ev.RESIZE_STEP)]["config"] == {"crop_params_dict": None, "resize_size": [32, 32]}
+    assert (out / "model.safetensors").resolve() == (act_checkpoint / "model.safetensors").resolve()
+    assert json.loads((act_checkpoint / ev.PREPROCESSOR_FILE).read_text())["steps"] != steps  # original untouched
+    # The patched pipeline loads with LeRobot's own registry and resizes the env's 480 px view.
+    loaded = ev.load_policy(out)
+    batch = loaded.preprocessor({"observation.image": torch.rand(1, 3, 480, 480), "observation.state": torch.zeros(1, 4),
+                                 "task": ["Reach a goal position"]})  # fmt: skip
+    assert tuple(batch["observation.image"].shape) == (1, 3, 32, 32)
+    assert ev.prepare_lerobot_eval_checkpoint(out, tmp_path / "again") == out  # already resizes
+
+    old = tmp_path / "old"  # a policy trained on generator-version-1 data
+    old.mkdir()
+    cfg = json.loads((act_checkpoint / "config.json").read_text())
+    cfg["input_features"] = {"observation.images.cam": {"type": "VISUAL", "shape": [3, 32, 32]},
+                             "observation.state": {"type": "STATE", "shape": [7]}}  # fmt: skip
+    (old / "config.json").write_text(json.dumps(cfg))
+    (old / ev.PREPROCESSOR_FILE).write_text((act_checkpoint / ev.PREPROCESSOR_FILE).read_text())
+    with pytest.raises(ValueError, match=r"observation.images.cam.*agent_pos, 4 numbers"):
+        ev.prepare_lerobot_eval_checkpoint(old)
+    with pytest.raises(ValueError, match="always runs up to 500 steps"):
+        ev.lerobot_eval_success(act_checkpoint, "reach-v3", episodes=1, max_steps=100)
+
+
+def _first_frame(video: str) -> np.ndarray:
+    import av
+
+    with av.open(video) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24")
+
+
+def test_lerobot_eval_agrees_with_lean_rollouts(constant_act_checkpoint, reach_line, tmp_path) -> None:
+    """Stock ``lerobot-eval --env.type=metaworld`` and the lean evaluator on the same 2 episode
+    seeds: same initial scenes, same per-episode success, same steps to success. The policy's
+    action does not depend on its inputs (see conftest), so the two renderers' different
+    pictures cannot make the trajectories differ; with an image-driven policy they would."""
+    from craft_plugin.demo import metaworld_data as md
+
+    seeds = reach_line["seeds"]
+    start = seeds[0]
+    lean = ev.rollout_success(ev.load_policy(constant_act_checkpoint), "reach-v3", episodes=2, max_steps=500,
+                              start_seed=start, progress=False)  # fmt: skip
+    assert lean.seeds == list(seeds)
+    assert lean.success_steps == [26, 24], "Meta-World's dynamics changed: re-pick REACH_LINE_* (conftest)"
+
+    res = ev.lerobot_eval_success(constant_act_checkpoint, "reach-v3", episodes=2, start_seed=start,
+                                  output_dir=tmp_path / "le", timeout=300)  # fmt: skip
+    assert "--env.type=metaworld" in res.command and f"--seed={start}" in res.command
+    assert res.seeds == lean.seeds and res.max_steps == 500
+    assert res.episode_successes == [True, True] and res.successes == lean.successes == 2
+    assert res.success_steps == lean.success_steps  # counted from lerobot-eval's episode videos
+    assert res.ci95 == pytest.approx(lean.ci95) and res.pc_success == 100.0
+    assert res.env_steps == sum(lean.success_steps) and res.steps_per_s > 0
+
+    # Initial scenes: each episode video's first frame is the env's view of that seed.
+    with md.MetaWorldScene("reach-v3", md.LEROBOT_EVAL_IMAGE_SIZE, renderer="env") as scene:
+        views = {s: (scene.reset(s), scene.image().astype(np.float64))[1] for s in seeds}
+    moved = np.abs(views[seeds[0]] - views[seeds[1]]).max(-1) > 40  # where the two scenes differ (goal, puck)
+    assert moved.sum() > 100
+    for video, seed in zip(res.videos, seeds, strict=True):
+        frame = _first_frame(video).astype(np.float64)  # H.264: ~2.6 / 255 mean codec error
+        assert np.abs(frame - views[seed]).mean() < 4.0
+        same = np.abs(frame - views[seed])[moved].mean()  # measured ~6
+        other = np.abs(frame - views[seeds[1] if seed == seeds[0] else seeds[0]])[moved].mean()  # ~86
+        assert same < 20 < 50 < other, (seed, same, other)
