@@ -21,8 +21,8 @@ def test_original_defaults():
     assert c.use_grad_projection is True and c.conflict_threshold == -0.1
     assert c.projection_granularity == "global"
     assert c.hidden_loss == "mse"
-    assert c.layers == [-2, -1]
-    assert c.pooling == ["mean_image_tokens", "last_token"]
+    # what is anchored, the layers and the pooling come from the cache unless set
+    assert c.layers is None and c.pooling is None and c.anchor_targets is None
 
 
 @pytest.mark.parametrize(
@@ -122,6 +122,9 @@ def test_json_schema_covers_every_field_with_defaults_and_bounds():
     assert schema["additionalProperties"] is False
     assert props["retention_freq"]["minimum"] == 1
     assert props["conflict_threshold"]["maximum"] == 1.0
-    assert props["pooling"]["items"]["enum"] == ["mean_image_tokens", "mean_masked", "last_token", "cls_token"]
+    pooling = next(p for p in props["pooling"]["anyOf"] if p.get("type") == "array")
+    assert pooling["items"]["enum"] == ["mean_image_tokens", "mean_masked", "last_token", "cls_token"]
+    targets = next(p for p in props["anchor_targets"]["anyOf"] if p.get("type") == "array")
+    assert targets["items"]["enum"] == ["features", "actions"]
     for name, prop in props.items():
         assert prop.get("description"), f"{name} has no description"

@@ -35,13 +35,18 @@ ActionKind = Literal["action", "velocity", "epsilon", "hidden"]
 
 
 def affine_between(
-    teacher_scale: Tensor, teacher_shift: Tensor, student_scale: Tensor, student_shift: Tensor
+    teacher_scale: Tensor, teacher_shift: Tensor, student_scale: Tensor, student_shift: Tensor, tol: float = 1e-6
 ) -> tuple[Tensor, Tensor]:
-    """``(α, β)`` with ``a_S = α·a_T + β`` for ``raw = a·scale + shift`` on each side."""
-    if torch.any(student_scale == 0):
-        raise ValueError("a student action dimension has normalization scale 0 (a constant action?)")
-    alpha = teacher_scale / student_scale
-    beta = (teacher_shift - student_shift) / student_scale
+    """``(α, β)`` with ``a_S = α·a_T + β`` for ``raw = a·scale + shift`` on each side.
+
+    A dimension whose scale is (numerically) 0 on either side — a constant action in that
+    side's statistics, e.g. a gripper command that never changes — has no affine map between
+    the two spaces; it keeps ``α = 1``, ``β = 0`` (compared as the two policies output it).
+    """
+    degenerate = (student_scale.abs() < tol) | (teacher_scale.abs() < tol)
+    safe = torch.where(degenerate, torch.ones_like(student_scale), student_scale)
+    alpha = torch.where(degenerate, torch.ones_like(safe), teacher_scale / safe)
+    beta = torch.where(degenerate, torch.zeros_like(safe), (teacher_shift - student_shift) / safe)
     return alpha, beta
 
 

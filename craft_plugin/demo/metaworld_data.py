@@ -121,13 +121,17 @@ __all__ = [
 #: Bump when anything that is generated changes (images, state, episode rules...).
 GENERATOR_VERSION = 2  # 2: LeRobot's metaworld conventions (observation.image, agent_pos), float32 actions
 
-TASK_A = "push-v3"
-TASK_B = "reach-v3"
+TASK_A = "faucet-open-v3"
+TASK_B = "faucet-close-v3"
 #: The frames' ``task``: LeRobot's own Meta-World task descriptions
 #: (``lerobot/envs/metaworld_config.json``), which ``lerobot-eval`` hands a policy as ``task``.
 INSTRUCTIONS: dict[str, str] = {
     "push-v3": "Push the puck to a goal",
     "reach-v3": "Reach a goal position",
+    "faucet-open-v3": "Rotate the faucet counter-clockwise",
+    "faucet-close-v3": "Rotate the faucet clockwise",
+    "drawer-open-v3": "Open a drawer",
+    "drawer-close-v3": "Push and close a drawer",
 }
 
 CAMERA_KEY = "observation.image"  #: lerobot-eval's key for the metaworld env's one camera

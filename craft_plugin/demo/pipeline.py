@@ -141,7 +141,7 @@ class DemoPlan:
     #: ``--policy.normalization`` for craft_off and every CRaFT run; None: not passed (the wrapper's default)
     normalization: str | None = None
     rollout_episodes: int = 5
-    rollout_max_steps: int = 100
+    rollout_max_steps: int = 150
     text_hidden: int = 64
     vlm_layers: int = 4
     act_dim: int = 128  #: act only, as every act_* field
@@ -410,7 +410,7 @@ def run_demo(
         return done
 
     # 1. data
-    done = stage("data", f"Meta-World push-v3 (A) and reach-v3 (B): {plan.train_episodes} + {plan.heldout_episodes} "
+    done = stage("data", f"Meta-World {md.TASK_A} (A) and {md.TASK_B} (B): {plan.train_episodes} + {plan.heldout_episodes} "
                  f"scripted episodes each at {plan.image_size}px (cached)")  # fmt: skip
     render = md.RenderOptions(image_size=plan.image_size)
     kw = {"seed": plan.seed, "render": render, "progress": False}

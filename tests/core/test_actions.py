@@ -12,8 +12,9 @@ def test_affine_between_hand_values():
     # teacher: raw = a*2 + 1 ; student: raw = a*4 - 3  =>  a_S = (2 a_T + 1 + 3) / 4 = 0.5 a_T + 1
     alpha, beta = affine_between(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([4.0]), torch.tensor([-3.0]))
     assert alpha.tolist() == [0.5] and beta.tolist() == [1.0]
-    with pytest.raises(ValueError, match="scale 0"):
-        affine_between(torch.ones(1), torch.zeros(1), torch.zeros(1), torch.zeros(1))
+    # a constant dimension (scale 0 on either side) has no map: identity there, not a division by 0
+    alpha, beta = affine_between(torch.tensor([1.0, 2.0]), torch.zeros(2), torch.tensor([0.0, 4.0]), torch.tensor([5.0, 0.0]))
+    assert alpha.tolist() == [1.0, 0.5] and beta.tolist() == [0.0, 0.0]
 
 
 def test_maps_hand_values():
