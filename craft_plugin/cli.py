@@ -103,6 +103,14 @@ def build_cache_cmd(
             "actions as well as backbone features (default).",
         ),
     ] = True,
+    draws_per_anchor: Annotated[
+        int,
+        typer.Option(
+            "--draws-per-anchor", min=1,
+            help="Cache rows per anchor frame, each with its own draw of the action side's randomness "
+            "(flow-matching noise and time, diffusion noise and timestep).",
+        ),
+    ] = 1,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a cache built with other arguments.")] = False,
 ) -> None:
     """Run the teacher once over anchor frames and cache its pooled hidden states (and inputs).
@@ -129,6 +137,7 @@ def build_cache_cmd(
         shard_size=shard_size,
         store_inputs=not no_inputs,
         actions=actions,
+        draws_per_anchor=draws_per_anchor,
         overwrite=overwrite,
     )
     try:

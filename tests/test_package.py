@@ -45,7 +45,7 @@ def test_console_script_help_and_version():
 def test_craft_config_command(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["config"])
-    assert res.exit_code == 0 and json.loads(res.stdout)["epsilon_end"] == 0.1
+    assert res.exit_code == 0 and json.loads(res.stdout)["epsilon_end"] == 0.05
     bad = tmp_path / "bad.yaml"
     bad.write_text("conflict_threshold: 3\n")
     res = runner.invoke(app, ["config", str(bad)])

@@ -94,4 +94,4 @@ def test_hook_with_hidden_retention_starts_at_zero_and_lambda_falls_under_budget
     policy.train()
     loss, _ = policy.forward(pre(make_batch("act", 4, seed=11)))
     m = hook.step(loss, ret)
-    assert m["L_ret"] < 1e-5 and m["lambda"] == pytest.approx(max(0.0, 0.5 + (m["L_ret"] - 1.0)), abs=1e-6)
+    assert m["L_ret"] < 1e-5 and m["lambda"] == pytest.approx(max(0.0, 0.5 + (m["L_ret"] - cfg.epsilon_start)), abs=1e-6)

@@ -54,6 +54,10 @@ class BuildOptions:
     shard_size: int = 256
     store_inputs: bool = True
     actions: bool = True  # also anchor the action pathway (its output and randomness)
+    #: Rows per anchor frame, each with its own draw of the action side's randomness (flow-matching
+    #: noise and time, diffusion noise and timestep): the student is held to the teacher's action
+    #: pathway at several points per frame. 1 for families that draw nothing is enough.
+    draws_per_anchor: int = 1
     overwrite: bool = False
 
     def identity(self) -> dict[str, Any]:
@@ -143,7 +147,12 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
         )
     opts = replace(opts, num_anchors=num_anchors)
     g = torch.Generator().manual_seed(opts.seed)
-    anchor_indices = sorted(torch.randperm(n_frames, generator=g)[:num_anchors].tolist())
+    frames_chosen = sorted(torch.randperm(n_frames, generator=g)[:num_anchors].tolist())
+    if opts.draws_per_anchor < 1:
+        raise ValueError(f"--draws-per-anchor must be >= 1, got {opts.draws_per_anchor}")
+    # One cache row per (frame, draw): row r holds frame frames_chosen[r // K] with draw r.
+    anchor_indices = [f for f in frames_chosen for _ in range(opts.draws_per_anchor)]
+    num_anchors = len(anchor_indices)
     tasks = _task_list(meta)
 
     tap = make_tap(policy)

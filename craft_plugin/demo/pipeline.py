@@ -131,7 +131,7 @@ class DemoPlan:
     finetune_steps: int = 150
     batch_size: int = 32
     lr: float | None = None  #: None: the family's (FAMILY_LR: smolvla 1e-3, act 3e-4)
-    num_anchors: int = 96
+    num_anchors: int | None = None  #: None: craft build-cache's default (every frame of task A)
     #: CRaFT settings: None = not passed (CRaFT's default: anchor batch 8, ε_end 0.1, λ lr 0.01,
     #: conflict threshold −0.1); nothing is tuned unless a field says so (QUICK sets only the batch)
     anchor_batch_size: int | None = None
@@ -463,9 +463,9 @@ def run_demo(
     # 4. cache (only when an anchored CRaFT run needs it): build-cache's defaults, paths and size only
     cache = out / "cache"
     if any(m in ANCHORED for m in methods):
-        done = stage("cache", f"craft build-cache from the base on task A ({plan.num_anchors} anchors, default settings)")
+        done = stage("cache", f"craft build-cache from the base on task A ({plan.num_anchors or 'every frame as'} anchors, default settings)")
         _run([_bin("craft"), "build-cache", f"--policy.path={base}", f"--dataset.root={a_train.root}",
-              f"--dataset.repo_id={a_train.repo_id}", f"--output-dir={cache}", f"--num-anchors={plan.num_anchors}"],
+              f"--dataset.repo_id={a_train.repo_id}", f"--output-dir={cache}", *([f"--num-anchors={plan.num_anchors}"] if plan.num_anchors else [])],
              out / "cache.log")  # fmt: skip
         done()
 

@@ -58,14 +58,14 @@ def test_discover_packages_path_runs_craft_with_every_log_field(world, tmp_path)
     res = _train(world, tmp_path / "run", *_craft_args(world))
     assert res.returncode == 0, res.stderr[-3000:]
     log = res.stdout + res.stderr
-    assert "CRaFT: enabled=True | mode=hidden | initial λ=1.0 | λ lr=0.01" in log
+    assert "CRaFT: enabled=True | mode=hidden | initial λ=1.0 | λ lr=0.5" in log
     steps = _steps(log)
     assert [int(s["step"]) for s in steps] == [1, 2, 3, 4]
     for s in steps:
         assert all(f in s for f in FIELDS), s
         assert s["loss"] == s["L_task"], "the logged loss is the task loss"
     assert steps[0]["L_ret"] == 0.0, "step 1 from the teacher's own weights: L_ret = 0"
-    assert steps[0]["epsilon"] == 1.0 and steps[-1]["epsilon"] == pytest.approx(0.325)
+    assert steps[0]["epsilon"] == 0.1 and steps[-1]["epsilon"] == pytest.approx(0.0625, abs=1e-3)
     jsonl = [json.loads(line) for line in (tmp_path / "run" / "craft_metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in jsonl] == [1, 2, 3, 4]
     assert abs(jsonl[0]["L_ret"]) < 1e-5, "L_ret at step 1 is 0 to 1e-5"
