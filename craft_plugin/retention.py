@@ -106,12 +106,20 @@ class _CachedRetention:
                 f"anchor cache {cache.directory} was built with --no-inputs (dataset indices only); "
                 "training from indices is not supported yet: rebuild it without --no-inputs"
             )
+        self._fit(policy, cache, config)
         self.policy = policy
         self.cache = cache
         self.config = config
         self.preprocessor = preprocessor
         self.device = device or str(next(policy.parameters()).device)
         self.sampler = _AnchorSampler(cache, config.anchor_batch_size, seed)
+        self._setup()
+
+    def _fit(self, policy: nn.Module, cache: AnchorCache, config: CraftConfig) -> None:
+        """Raise :class:`CacheError` when ``cache`` cannot serve ``policy`` under ``config``."""
+
+    def _setup(self) -> None:
+        """Mode-specific set-up once the shared state is in place."""
 
     def _batch(self, anchors: Any) -> dict[str, Any]:
         """The anchors as the student's preprocessor makes them (what it would see at deploy time)."""
@@ -132,16 +140,7 @@ class HiddenRetention(_CachedRetention):
     After each call ``last_parts`` holds each anchored part's loss (``features``, ``actions``).
     """
 
-    def __init__(
-        self,
-        policy: nn.Module,
-        cache: AnchorCache,
-        config: CraftConfig,
-        *,
-        preprocessor: Any,
-        seed: int = 0,
-        device: str | None = None,
-    ) -> None:
+    def _fit(self, policy: nn.Module, cache: AnchorCache, config: CraftConfig) -> None:
         # One tap for the run: entered (hooks installed) only around each retention forward.
         self.tap = make_tap(policy)
         cache.check_compatible(
@@ -152,7 +151,9 @@ class HiddenRetention(_CachedRetention):
             policy_type=_policy_type(policy),
             num_layers=self.tap.num_layers,
         )
-        super().__init__(policy, cache, config, preprocessor=preprocessor, seed=seed, device=device)
+
+    def _setup(self) -> None:
+        cache, config = self.cache, self.config
         m = cache.manifest
         self.layers = list(config.layers) if config.layers is not None else list(m.layers)
         self.pooling = list(config.pooling) if config.pooling is not None else list(m.pooling)
@@ -250,18 +251,8 @@ class HiddenRetention(_CachedRetention):
 class TokenCERetention(_CachedRetention):
     """``L_ret`` for token_ce mode: the policy's own loss on a cached anchor batch."""
 
-    def __init__(
-        self,
-        policy: nn.Module,
-        cache: AnchorCache,
-        config: CraftConfig,
-        *,
-        preprocessor: Any,
-        seed: int = 0,
-        device: str | None = None,
-    ) -> None:
+    def _fit(self, policy: nn.Module, cache: AnchorCache, config: CraftConfig) -> None:
         cache.check_compatible(retention_mode="token_ce", policy_type=_policy_type(policy))
-        super().__init__(policy, cache, config, preprocessor=preprocessor, seed=seed, device=device)
 
     def __call__(self) -> Tensor:
         inputs = self._batch(self.sampler.next())
