@@ -1,0 +1,83 @@
+"""CRaFT settings on one seed of the forgetting benchmark (not a test): the sweep behind the defaults.
+
+Reuses a `benchmarks/forgetting.py --work-dir W` seed folder (its base checkpoint, datasets and
+cache), fine-tunes the base on task B with `lerobot-train --policy.type=craft` once per setting,
+and prints held-out task-A / task-B action L1, 20 seeded rollouts per task, and the final λ and
+`L_ret`. Each setting is NAME='--policy.craft.x=... --policy.craft.y=...':
+
+    python benchmarks/defaults_sweep.py W/smolvla_vlm/seed0 [--cache DIR] \\
+        'original=--policy.craft.epsilon_start=1.0 --policy.craft.epsilon_end=0.1 --policy.craft.lambda_lr=0.01' \\
+        'tight=--policy.craft.epsilon_start=0.05 --policy.craft.epsilon_end=0.02 --policy.craft.lambda_lr=1.0'
+
+Results in benchmarks/results/NOTES.md came from this script (2-core CPU, 2 threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from craft_plugin.demo import metaworld_data as md
+from craft_plugin.demo.evaluate import action_error, load_policy, rollout_success
+
+
+def _dataset_root(run: Path) -> str:
+    cfg = json.loads((run / "train" / "checkpoints" / "last" / "pretrained_model" / "train_config.json").read_text())
+    return cfg["dataset"]["root"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("seed_dir", type=Path, help="a forgetting.py seed folder (holds runs/base, runs/naive, cache)")
+    p.add_argument("settings", nargs="+", help="NAME=FLAGS")
+    p.add_argument("--cache", type=Path, default=None, help="anchor cache (default: the seed folder's)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--rollouts", type=int, default=20)
+    p.add_argument("--out", type=Path, default=Path("/tmp/craft-sweep"))
+    args = p.parse_args()
+    plan = json.loads((args.seed_dir / "plan.json").read_text())
+    runs = args.seed_dir / "runs"
+    b_train = _dataset_root(runs / "naive")
+    a_train = _dataset_root(runs / "base")
+    held = {k: json.loads((runs / "base" / "eval.json").read_text())["action_error"][k]["dataset"] for k in ("A", "B")}
+    base = runs / "base" / "train" / "checkpoints" / "last" / "pretrained_model"
+    cache = args.cache or args.seed_dir / "cache"
+    binary = Path(sys.executable).parent / "lerobot-train"
+    for item in args.settings:
+        name, _, flags = item.partition("=")
+        out = args.out / name
+        if not (out / "checkpoints").exists():
+            cmd = [
+                str(binary), "--policy.type=craft", f"--policy.base_path={base}", f"--policy.craft.anchor_cache_dir={cache}",
+                *flags.split(), "--policy.push_to_hub=false", "--policy.device=cpu", f"--dataset.repo_id=local/{Path(b_train).name}",
+                f"--dataset.root={b_train}", f"--output_dir={out}", f"--steps={args.steps}", f"--batch_size={plan['batch_size']}",
+                "--log_freq=10", f"--save_freq={args.steps}", "--num_workers=0", "--wandb.enable=false", f"--seed={plan['seed']}",
+            ]  # fmt: skip
+            t0 = time.perf_counter()
+            res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if res.returncode:
+                print(f"{name}: lerobot-train failed\n{res.stderr[-2000:]}", flush=True)
+                continue
+            print(f"{name}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
+        policy = load_policy(out / "checkpoints" / "last" / "pretrained_model")
+        l1 = {k: action_error(policy, held[k], progress=False).l1 for k in ("A", "B")}
+        wins = {
+            k: rollout_success(policy, task, episodes=args.rollouts, max_steps=plan["rollout_max_steps"], seed=plan["seed"],
+                               like=like, progress=False).successes
+            for k, task, like in (("A", md.TASK_A, a_train), ("B", md.TASK_B, b_train))
+        }  # fmt: skip
+        last = [json.loads(line) for line in (out / "craft_metrics.jsonl").read_text().splitlines()][-1]
+        print(
+            f"{name}: task-A L1 {l1['A']:.3f} | task-B L1 {l1['B']:.3f} | success A {wins['A']}/{args.rollouts} "
+            f"B {wins['B']}/{args.rollouts} | final λ {last['lambda']:.2f} L_ret {last.get('L_ret', float('nan')):.3f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
