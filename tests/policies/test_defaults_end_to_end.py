@@ -53,3 +53,32 @@ def test_build_cache_then_lerobot_train_with_defaults(family, tmp_path):
     assert abs(rows[0]["L_ret"]) < 1e-5 and abs(rows[0]["L_ret_actions"]) < 1e-5
     assert rows[-1]["L_ret"] > 0
     assert (tmp_path / "run" / "checkpoints" / "000003" / "pretrained_model" / "craft_state.json").is_file()
+
+
+def test_draws_per_anchor_gives_each_frame_several_stored_draws(tmp_path):
+    """`--draws-per-anchor 2`: two rows per frame, same frame, different noise and timestep."""
+    import torch
+
+    from craft_plugin.cache import AnchorCache
+    from craft_plugin.cache.builder import BuildOptions, build_cache
+    from support.tiny_classic import make_tiny
+    from support.tiny_dataset import make_dataset_for, save_policy
+
+    policy, pre, post = make_tiny("diffusion", seed=0)
+    make_dataset_for(policy, tmp_path / "data", episodes=1, frames=8)
+    save_policy(policy, pre, post, tmp_path / "base")
+    summary = build_cache(
+        BuildOptions(
+            policy_path=str(tmp_path / "base"), output_dir=str(tmp_path / "cache"), dataset_root=str(tmp_path / "data"),
+            dataset_repo_id="local/tiny", num_anchors=3, draws_per_anchor=2, shard_size=4,
+        ),
+        progress=False,
+    )  # fmt: skip
+    assert summary.anchors == 6 and not summary.every_frame
+    cache = AnchorCache(tmp_path / "cache")
+    rows = cache.rows(list(range(6)))
+    frames = rows["index"].tolist()
+    assert frames[0::2] == frames[1::2] and len(set(frames)) == 3
+    noise = rows.draw["noise"]
+    assert all((noise[2 * i] - noise[2 * i + 1]).abs().max() > 0.1 for i in range(3))
+    assert not torch.equal(rows.action_target[0], rows.action_target[1])
