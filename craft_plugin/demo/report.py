@@ -532,6 +532,16 @@ def _fmt_mcq(row: Mapping[str, Any]) -> str:
     return text
 
 
+def _task_name(runs: Sequence[RunData], key: str) -> str:
+    """The task of ``action_error[key]`` / ``success[key]`` in the runs' eval.json (``"?"`` when none records it)."""
+    for run in runs:
+        for part in ("action_error", "success"):
+            task = (run.eval.get(part) or {}).get(key, {}).get("task")
+            if task:
+                return str(task)
+    return "?"
+
+
 def _markdown(rows: Sequence[Mapping[str, Any]], runs: Sequence[RunData], plots: Mapping[str, str | None]) -> str:
     header = (
         "| method | runs | training time | final task loss | task-A L1 (held-out) | task-B L1 (held-out) "
@@ -579,7 +589,7 @@ def _markdown(rows: Sequence[Mapping[str, Any]], runs: Sequence[RunData], plots:
         )
     lines += [
         "",
-        "Task A = push-v3 (the base's task), task B = reach-v3 (the new task). L1: mean absolute "
+        f"Task A = {_task_name(runs, 'A')} (the base's task), task B = {_task_name(runs, 'B')} (the new task). L1: mean absolute "
         "difference between the policy's predicted action chunks and the scripted expert's actions "
         "on held-out episodes, in raw action units (lower is better). Forgetting: the run's task-A "
         "L1 minus the base's (same seed), with the ratio to the base's; positive means forgotten. "
