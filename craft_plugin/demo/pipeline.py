@@ -19,8 +19,8 @@ Two policy families (:attr:`DemoPlan.family`):
 Stages, each through the project's public commands where one exists (so the demo is also the
 integration test a user would run):
 
-1. **data** — task A = Meta-World ``push-v3``, task B = ``reach-v3`` (one scene), scripted
-   expert episodes written as LeRobot datasets (:mod:`craft_plugin.demo.metaworld_data`;
+1. **data** — task A = Meta-World ``faucet-open-v3``, task B = ``faucet-close-v3`` (one scene,
+   opposite motions: ``md.TASK_A`` / ``md.TASK_B``), scripted expert episodes written as LeRobot datasets (:mod:`craft_plugin.demo.metaworld_data`;
    cached on disk, so a second demo skips it), held-out episodes of both, and (when ``replay``
    runs) the replay set (all B episodes + ``replay_episodes`` A episodes).
 2. **mcq** (smolvla only) — generated scene questions (:func:`make_scene_mcq`), one set to
