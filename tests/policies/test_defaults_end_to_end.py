@@ -1,6 +1,7 @@
 """A new user's path, defaults on both sides: `craft build-cache` with only paths, then stock
 `lerobot-train --policy.type=craft` with only the base and the cache. For act and diffusion
-(subprocesses): the run trains, anchors features and actions, and starts at L_ret = 0."""
+(subprocesses): the run trains, anchors features and actions, and starts at L_ret = 0.
+(Every run of tests/policies/test_lerobot_train.py also trains ACT with the cache's defaults.)"""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def test_build_cache_then_lerobot_train_with_defaults(family, tmp_path):
     from support.tiny_dataset import make_dataset_for, save_policy
 
     policy, pre, post = make_tiny(family, seed=0)
-    make_dataset_for(policy, tmp_path / "data", episodes=2, frames=10)
+    make_dataset_for(policy, tmp_path / "data", episodes=2, frames=6)
     save_policy(policy, pre, post, tmp_path / "base")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
 
@@ -33,26 +34,26 @@ def test_build_cache_then_lerobot_train_with_defaults(family, tmp_path):
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr[-3000:]
-    assert "--num-anchors not given: every frame of the dataset is an anchor (20 anchors)" in build.stdout
+    assert "--num-anchors not given: every frame of the dataset is an anchor (12 anchors)" in build.stdout
     m = load_manifest(tmp_path / "cache")
-    assert m.num_anchors == 20 and m.anchor_targets == ["features", "actions"]
+    assert m.num_anchors == 12 and m.anchor_targets == ["features", "actions"]
 
     train = subprocess.run(
         [str(BIN / "lerobot-train"), "--discover_packages_path=craft_plugin", "--policy.type=craft",
          f"--policy.base_path={tmp_path / 'base'}", f"--policy.craft.anchor_cache_dir={tmp_path / 'cache'}",
          "--policy.push_to_hub=false", "--policy.device=cpu", "--dataset.repo_id=local/tiny",
-         f"--dataset.root={tmp_path / 'data'}", f"--output_dir={tmp_path / 'run'}", "--steps=3", "--batch_size=4",
-         "--log_freq=1", "--save_freq=3", "--num_workers=0", "--wandb.enable=false", "--seed=1"],
+         f"--dataset.root={tmp_path / 'data'}", f"--output_dir={tmp_path / 'run'}", "--steps=2", "--batch_size=4",
+         "--log_freq=1", "--save_freq=2", "--num_workers=0", "--wandb.enable=false", "--seed=1"],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     log = train.stdout + train.stderr
     assert train.returncode == 0, log[-3000:]
     assert "anchoring features and actions" in log
     rows = [json.loads(line) for line in (tmp_path / "run" / "craft_metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["step"] for r in rows] == [1, 2]
     assert abs(rows[0]["L_ret"]) < 1e-5 and abs(rows[0]["L_ret_actions"]) < 1e-5
     assert rows[-1]["L_ret"] > 0
-    assert (tmp_path / "run" / "checkpoints" / "000003" / "pretrained_model" / "craft_state.json").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "000002" / "pretrained_model" / "craft_state.json").is_file()
 
 
 def test_draws_per_anchor_gives_each_frame_several_stored_draws(tmp_path):

@@ -49,9 +49,8 @@ def _train(world: Path, out: Path, *args: str) -> subprocess.CompletedProcess[st
 def _craft_args(world: Path, *extra: str) -> list[str]:
     return [
         "--discover_packages_path=craft_plugin", "--policy.type=craft", f"--policy.base_path={world / 'act'}",
-        f"--policy.craft.anchor_cache_dir={world / 'cache'}", "--policy.craft.anchor_batch_size=4",
-        "--policy.craft.pooling=[mean_image_tokens,cls_token]", *extra,
-    ]  # fmt: skip
+        f"--policy.craft.anchor_cache_dir={world / 'cache'}", "--policy.craft.anchor_batch_size=4", *extra,
+    ]  # fmt: skip  (layers, pooling and anchor targets: the cache's defaults)
 
 
 def test_discover_packages_path_runs_craft_with_every_log_field(world, tmp_path):
@@ -228,18 +227,40 @@ def test_export_loads_in_stock_lerobot_and_predicts_the_same_actions(world, tmp_
     assert torch.equal(torch.load(tmp_path / "act.pt", weights_only=True), expected)
 
 
+def test_bad_craft_setting_stops_lerobot_train_before_step_1_with_a_readable_message(world, tmp_path):
+    res = _train(world, tmp_path / "run", *_craft_args(world), "--policy.craft.retnetion_freq=2")
+    log = res.stdout + res.stderr
+    assert res.returncode != 0 and "unrecognized arguments: --policy.craft.retnetion_freq=2" in log and "step:1 " not in log
+
+
 @pytest.mark.parametrize(
     ("arg", "message"),
     [
         ("--policy.craft.retention_freq=0", "retention_freq=0: Input should be greater than or equal to 1"),
         ("--policy.craft.pooling=[max]", "Cannot convert 'max' (<class 'str'>) into one of: mean_image_tokens, mean_masked"),
-        ("--policy.craft.retnetion_freq=2", "unrecognized arguments: --policy.craft.retnetion_freq=2"),
     ],
 )
-def test_bad_craft_settings_stop_before_step_1_with_a_readable_message(world, tmp_path, arg, message):
-    res = _train(world, tmp_path / "run", *_craft_args(world), arg)
-    log = res.stdout + res.stderr
-    assert res.returncode != 0 and message in log and "step:1 " not in log
+def test_bad_craft_values_are_refused_by_lerobots_own_parser_with_a_readable_message(
+    world, monkeypatch, capsys, caplog, arg, message
+):
+    """The same parser `lerobot-train` uses, in-process (the subprocess path is the test above)."""
+    import logging
+
+    from lerobot.configs import parser
+    from lerobot.configs.train import TrainPipelineConfig
+
+    import craft_plugin.policies  # noqa: F401  (registers the craft type, as --discover_packages_path does)
+
+    def parse(cfg):
+        return cfg
+
+    parse.__annotations__["cfg"] = TrainPipelineConfig
+    argv = ["lerobot-train", "--policy.push_to_hub=false", "--dataset.repo_id=local/tiny", *_craft_args(world)[1:], arg]
+    monkeypatch.setattr(sys, "argv", argv)
+    with caplog.at_level(logging.ERROR), pytest.raises(BaseException):
+        parser.wrap()(parse)()
+    out = capsys.readouterr()
+    assert message in caplog.text + out.out + out.err
 
 
 def test_cache_from_another_policy_type_and_layers_stops_before_step_1(world, tmp_path):
