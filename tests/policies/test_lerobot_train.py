@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from craft_plugin.cache.builder import BuildOptions, build_cache
 from support.train_log import parse_steps as _steps
 
 BIN = Path(sys.executable).parent
@@ -26,13 +25,15 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("train-world")
     make_dataset(root / "data")
     save_policy(*make_tiny_act(seed=0), root / "act")
-    build_cache(
-        BuildOptions(
-            policy_path=str(root / "act"), output_dir=str(root / "cache"), dataset_root=str(root / "data"),
-            dataset_repo_id="local/tiny", num_anchors=12, batch_size=4, shard_size=6,
-        ),
-        progress=False,
+    # `craft build-cache` with only paths (defaults: every frame, features and actions); the runs
+    # below train with the cache's defaults too: a new user's path, both sides at their defaults.
+    build = subprocess.run(
+        [str(BIN / "craft"), "build-cache", f"--policy.path={root / 'act'}", f"--dataset.root={root / 'data'}",
+         "--dataset.repo_id=local/tiny", f"--output-dir={root / 'cache'}"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
     )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]
+    assert "--num-anchors not given: every frame of the dataset is an anchor" in build.stdout
     return root
 
 
