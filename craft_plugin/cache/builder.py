@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from craft_plugin.cache.inputs import action_affine, decode_inputs, encode_inputs
+from craft_plugin.cache.inputs import action_affine, decode_inputs, encode_inputs, run_preprocessor
 from craft_plugin.cache.manifest import DatasetInfo, Manifest, TeacherInfo, utc_now
 from craft_plugin.cache.shards import cat_rows, file_sha256
 from craft_plugin.cache.writer import CacheWriter
@@ -136,7 +136,8 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
             "Without network access, pass --dataset.root pointing at a local copy."
         ) from err
     n_frames = len(dataset)
-    num_anchors = opts_num_anchors_given = opts.num_anchors
+    every_frame = opts.num_anchors is None
+    num_anchors = opts.num_anchors
     if num_anchors is None:
         num_anchors = n_frames
         logger.info("--num-anchors not given: taking every frame of the dataset (%d anchors)", n_frames)
@@ -244,7 +245,7 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
         bytes=writer.total_bytes(),
         seconds=time.perf_counter() - t0,
         feature_shape=list(writer.manifest.feature_shape),
-        every_frame=opts_num_anchors_given is None,
+        every_frame=every_frame,
     )
 
 
@@ -265,7 +266,7 @@ def anchor_rows(
     ``action_target`` and ``draw.<name>`` randomness (``actions``), the raw frames as
     ``input.<key>`` and ``task_index`` (``store_inputs``). ``raw`` is a collated dataset batch;
     the teacher (in ``eval()``, under ``no_grad``, tap entered) sees it through ``preprocessor``."""
-    batch = _preprocess(preprocessor, raw, device)
+    batch = run_preprocessor(preprocessor, raw, device)
     out: dict[str, Tensor] = {"features": tap.features(batch, layers, pooling).float().cpu()}
     if actions:
         draw = _draws(tap, batch, seed, rows)
@@ -294,7 +295,7 @@ def _draws(tap: Any, batch: dict[str, Any], seed: int, rows: list[int]) -> dict[
     """The action side's randomness for ``rows`` of ``batch``: one seeded generator per anchor row."""
     per_row: list[dict[str, Tensor]] = []
     for i, row in enumerate(rows):
-        one = {k: (v[i : i + 1] if isinstance(v, Tensor) else v[i : i + 1] if isinstance(v, list) else v) for k, v in batch.items()}
+        one = {k: (v[i : i + 1] if isinstance(v, (Tensor, list)) else v) for k, v in batch.items()}
         per_row.append(tap.draw_action_randomness(one, row_generator(seed, row)))
     names = sorted(per_row[0]) if per_row else []
     return {name: torch.cat([d[name] for d in per_row]) for name in names}
@@ -307,11 +308,6 @@ def _task_list(meta: Any) -> list[str]:
         return []
     by_index = {int(row.task_index): str(name) for name, row in tasks.iterrows()}
     return [by_index.get(i, "") for i in range(max(by_index) + 1)]
-
-
-def _preprocess(preprocessor: Any, raw: dict[str, Any], device: str) -> dict[str, Any]:
-    batch = preprocessor(raw)
-    return {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
 
 
 def _resolve_policy_dir(path: str) -> Path:
