@@ -61,9 +61,12 @@ def config_cmd(
 
 def _int_list(text: str, option: str) -> list[int]:
     try:
-        return [int(x) for x in text.replace(" ", "").split(",") if x]
+        values = [int(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers (e.g. -2,-1)", param_hint=option)
+    if not values:
+        raise typer.BadParameter("is empty: give at least one layer (e.g. -2,-1, the default)", param_hint=option)
+    return values
 
 
 @app.command("build-cache")
@@ -164,7 +167,7 @@ def cache_info_cmd(
 ) -> None:
     """Print an anchor cache's manifest and verify every shard's sha256 (exit 1 on any problem)."""
     from craft_plugin.cache.manifest import CacheError, load_manifest
-    from craft_plugin.cache.shards import file_sha256
+    from craft_plugin.cache.shards import ShardError, ShardReader, file_sha256
 
     try:
         m = load_manifest(directory)
@@ -191,13 +194,22 @@ def cache_info_cmd(
             problems += 1
             continue
         total += path.stat().st_size
-        ok = file_sha256(path) == info.sha256
-        problems += 0 if ok else 1
-        typer.echo(f"  {'ok' if ok else 'CORRUPT':<9} {info.file}  {info.rows} rows  {path.stat().st_size / 2**20:.2f} MiB")
+        why = "" if file_sha256(path) == info.sha256 else "sha256 differs from the manifest's"
+        if not why:  # a matching hash is not enough: the file must open as safetensors with its rows
+            try:
+                rows = ShardReader(path).num_rows()
+                why = "" if rows == info.rows else f"{rows} rows, the manifest says {info.rows}"
+            except ShardError as err:
+                why = str(err).replace(f"shard {path} ", "")
+        problems += 1 if why else 0
+        status = "ok" if not why else "CORRUPT"
+        typer.echo(f"  {status:<9} {info.file}  {info.rows} rows  {path.stat().st_size / 2**20:.2f} MiB" + (f"  ({why})" if why else ""))
     total += (Path(directory) / "manifest.json").stat().st_size
     typer.echo(f"  size      {total / 2**20:.2f} MiB with the manifest ({total / max(m.rows_done, 1) / 1024:.1f} KiB per anchor)")
     if not m.complete:
         typer.echo("  the build is not finished: rerun the same `craft build-cache` command to resume it")
+    elif problems:
+        typer.echo(f"  {problems} damaged shard(s): rebuild the cache with `craft build-cache ... --output-dir {directory} --overwrite`")
     if problems or not m.complete:
         raise typer.Exit(code=1)
 

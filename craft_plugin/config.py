@@ -116,6 +116,12 @@ class CraftConfig:
         "(`actions`: the expert's velocity, the denoiser's output, ACT's chunk, pi0_fast's action-token "
         "states), or both. null: everything the cache holds (both, with `craft build-cache`'s defaults).",
     )
+    allow_other_teacher: bool = Field(
+        False,
+        description="lerobot-train (craft policy): train against an anchor cache whose teacher has other "
+        "weights than this run's base (anchoring on purpose to another model), with a warning. Default: "
+        "such a run stops before step 1 naming both weights' sha256.",
+    )
     layers: list[int] | None = Field(
         None,
         min_length=1,

@@ -12,6 +12,7 @@ The action side's randomness is drawn per anchor row from a generator seeded by
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor
 
 from craft_plugin.cache.inputs import action_affine, decode_inputs, encode_inputs, run_preprocessor
-from craft_plugin.cache.manifest import DatasetInfo, Manifest, TeacherInfo, utc_now
+from craft_plugin.cache.manifest import CacheError, DatasetInfo, Manifest, TeacherInfo, utc_now
 from craft_plugin.cache.shards import cat_rows, file_sha256
 from craft_plugin.cache.writer import CacheWriter
 
@@ -107,6 +108,8 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
     t0 = time.perf_counter()
     if opts.dtype not in _DTYPES:
         raise ValueError(f"--dtype {opts.dtype!r} is not supported; use one of {', '.join(_DTYPES)}")
+    if Path(opts.output_dir).exists() and not Path(opts.output_dir).is_dir():
+        raise CacheError(f"--output-dir {opts.output_dir} is a file, not a folder; choose a folder for the cache")
     if opts.dataset_repo_id is None and opts.dataset_root is None:
         raise ValueError("give the dataset with --dataset.repo_id and/or --dataset.root")
     policy_dir = _resolve_policy_dir(opts.policy_path)
@@ -204,7 +207,10 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
         shard_size=opts.shard_size,
         build_args=opts.identity(),
     )
-    writer = CacheWriter(opts.output_dir, manifest, overwrite=opts.overwrite)
+    try:
+        writer = CacheWriter(opts.output_dir, manifest, overwrite=opts.overwrite)
+    except OSError as err:
+        raise _write_error(err, opts.output_dir, None) from err
     state = {"complete": "complete-already", "resume": "resumed", "new": "built"}[writer.state]
     if writer.state == "complete":
         logger.info("anchor cache %s is already complete (%d anchors); nothing to do", opts.output_dir, num_anchors)
@@ -234,9 +240,18 @@ def build_cache(opts: BuildOptions, *, progress: bool = True) -> BuildSummary:
                     bar.update(n)
                 tensors = {name: cat_rows(v, name) for name, v in parts.items()}
                 tensors["index"] = torch.tensor(frames, dtype=torch.int64)
-                writer.add_shard(k, tensors)
+                try:
+                    writer.add_shard(k, tensors)
+                except OSError as err:
+                    bar.close()
+                    left = len(writer.pending())  # this shard and the ones after it
+                    need = sum(t.numel() * t.element_size() for t in tensors.values()) * left
+                    raise _write_error(err, opts.output_dir, need) from err
         bar.close()
-        writer.finalize()
+        try:
+            writer.finalize()
+        except OSError as err:
+            raise _write_error(err, opts.output_dir, None) from err
     return BuildSummary(
         directory=str(opts.output_dir),
         state=state,
@@ -299,6 +314,20 @@ def _draws(tap: Any, batch: dict[str, Any], seed: int, rows: list[int]) -> dict[
         per_row.append(tap.draw_action_randomness(one, row_generator(seed, row)))
     names = sorted(per_row[0]) if per_row else []
     return {name: torch.cat([d[name] for d in per_row]) for name in names}
+
+
+def _write_error(err: OSError, directory: str, need_bytes: int | None) -> CacheError:
+    """A write failure of the cache as one message: what failed, and what to do."""
+    where = f" ({err.filename})" if err.filename else ""
+    if err.errno == errno.ENOSPC:
+        need = f"; the rest of the cache needs about {need_bytes / 2**20:.1f} MiB" if need_bytes else ""
+        return CacheError(
+            f"disk full while writing the anchor cache {directory}{where}{need}. Free that much space (or "
+            "choose another --output-dir) and rerun the same command: it resumes from the last complete shard"
+        )
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CacheError(f"cannot write the anchor cache to {directory}{where}: {err.strerror}; choose a writable --output-dir")
+    return CacheError(f"could not write the anchor cache {directory}{where}: {err.strerror or err}")
 
 
 def _task_list(meta: Any) -> list[str]:

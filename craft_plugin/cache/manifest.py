@@ -24,6 +24,7 @@ __all__ = [
     "Manifest",
     "ShardInfo",
     "TeacherInfo",
+    "accounting_problems",
     "load_manifest",
     "save_manifest",
     "shard_name",
@@ -153,7 +154,31 @@ def load_manifest(directory: str | Path) -> Manifest:
             "upgrade craft-plugin (pip install -U craft-plugin) or rebuild the cache with this version"
         )
     try:
-        return Manifest.model_validate(raw)
+        manifest = Manifest.model_validate(raw)
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:5])
         raise CacheError(f"{path} is malformed ({problems}); {rebuild}") from err
+    problems = accounting_problems(manifest)
+    if problems:
+        state = "complete" if manifest.complete else "partial"
+        raise CacheError(f"{path} is corrupt: it says {state} but {'; '.join(problems)}; {rebuild}")
+    return manifest
+
+
+def accounting_problems(m: Manifest) -> list[str]:
+    """How ``m`` fails to account for its anchors: a complete manifest lists shards
+    ``shard_00000``, ``shard_00001``... of ``shard_size`` rows (the last one the rest) holding
+    exactly ``num_anchors`` rows, one dataset index per row; a partial one lists a prefix of them."""
+    problems = []
+    if len(m.dataset.anchor_indices) != m.num_anchors:
+        problems.append(f"dataset.anchor_indices has {len(m.dataset.anchor_indices)} entries for {m.num_anchors} anchors")
+    expected = [min(m.shard_size, m.num_anchors - k) for k in range(0, m.num_anchors, max(m.shard_size, 1))]
+    listed = [s.rows for s in m.shards]
+    names = [s.file for s in m.shards]
+    if names != [shard_name(k) for k in range(len(names))]:
+        problems.append(f"its shards list is not shard_00000, shard_00001, ... in order ({', '.join(names[:3])}...)")
+    if m.complete and m.rows_done != m.num_anchors:
+        problems.append(f"its shards list holds {m.rows_done} of its {m.num_anchors} anchors ({len(m.shards)} shard(s))")
+    if listed != expected[: len(listed)]:
+        problems.append(f"its shards hold {listed} rows, expected {expected[: len(listed)]} (shard_size {m.shard_size})")
+    return problems

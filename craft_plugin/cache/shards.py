@@ -20,7 +20,9 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-__all__ = ["ShardError", "ShardReader", "atomic_write_bytes", "cat_rows", "file_sha256", "write_shard"]
+__all__ = [
+    "ShardError", "ShardReader", "atomic_write_bytes", "cat_rows", "file_sha256", "umask_mode", "write_shard",
+]  # fmt: skip
 
 # safetensors dtype tag -> (numpy dtype used to map the bytes, torch dtype to view them as)
 _DTYPES: dict[str, tuple[np.dtype, torch.dtype]] = {
@@ -64,6 +66,15 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` with the process's umask applied: what ``open()`` gives a new file (0o666) or
+    ``mkdir`` a new folder (0o777). Files made by other means (safetensors writes 0600,
+    ``tempfile`` makes 0700 folders) are set to it so a shared cache or export stays readable."""
+    current = os.umask(0)
+    os.umask(current)
+    return mode & ~current
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file + fsync + rename (all or nothing)."""
     path = Path(path)
@@ -86,9 +97,14 @@ def write_shard(path: str | Path, tensors: Mapping[str, Tensor], metadata: Mappi
     if len(set(rows.values())) > 1:
         raise ValueError(f"shard {path.name}: tensors disagree on the number of rows: {rows}")
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata or {}))
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata or {}))
+        os.chmod(tmp, umask_mode(0o666))  # safetensors creates 0600; the manifest is written with the umask
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: free what the half-written shard took
+        raise
     digest = file_sha256(tmp)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
@@ -108,7 +124,11 @@ class ShardReader:
         try:
             with open(self.path, "rb") as f:
                 (n,) = struct.unpack("<Q", f.read(8))
+                if n > self.path.stat().st_size - 8:
+                    raise ValueError(f"its header length ({n} bytes) exceeds the file")
                 header = json.loads(f.read(n))
+            if not isinstance(header, dict):
+                raise ValueError("its header is not a JSON object")
         except (struct.error, ValueError, UnicodeDecodeError) as err:
             raise ShardError(f"shard {self.path} is not a readable safetensors file: {err}") from err
         self.metadata: dict[str, str] = header.pop("__metadata__", {}) or {}
@@ -116,10 +136,14 @@ class ShardReader:
         self._specs: dict[str, tuple[str, list[int], int, int]] = {}
         size = self.path.stat().st_size
         for name, spec in header.items():
-            start, end = spec["data_offsets"]
-            if spec["dtype"] not in _DTYPES or self._data_start + end > size:
+            try:
+                start, end = spec["data_offsets"]
+                tag, shape = spec["dtype"], list(spec["shape"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise ShardError(f"shard {self.path} is not a readable safetensors file: tensor {name!r} has no valid spec") from err
+            if tag not in _DTYPES or self._data_start + end > size:
                 raise ShardError(f"shard {self.path}: tensor {name!r} has an unsupported dtype or lies past the file end")
-            self._specs[name] = (spec["dtype"], list(spec["shape"]), start, end)
+            self._specs[name] = (tag, shape, start, end)
         self._maps: dict[str, np.ndarray] = {}
 
     @property

@@ -6,6 +6,11 @@ same anchors. Each shard is written to a temp name and renamed when complete, an
 manifest is rewritten atomically after each shard. Rerunning the same build after a crash
 (even ``kill -9``) keeps the complete shards the manifest lists (re-checking their sha256),
 discards anything else, and continues with the next shard.
+
+``overwrite`` replaces an existing anchor cache only once the new one is complete: the new
+build goes to a staging folder next to it (``.<name>.overwrite``), which :meth:`finalize`
+swaps into place; until then the old cache is untouched and usable. ``overwrite`` never
+empties a folder that is not an anchor cache.
 """
 
 from __future__ import annotations
@@ -49,7 +54,12 @@ class CacheWriter:
 
     def __init__(self, directory: str | Path, manifest: Manifest, *, overwrite: bool = False) -> None:
         self.directory = Path(directory)
+        #: Where the finished cache goes; differs from ``directory`` (the staging folder) while an
+        #: ``overwrite`` build replaces an existing cache.
+        self.target = self.directory
         self.state = "new"
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CacheError(f"--output-dir {self.directory} is a file, not a folder; choose a folder for the cache")
         manifest = manifest.model_copy(deep=True)
         manifest.shards = []
         manifest.complete = False
@@ -67,16 +77,19 @@ class CacheWriter:
             manifest.feature_mean, manifest.feature_std = existing.feature_mean, existing.feature_std
             manifest.action_mean, manifest.action_std = existing.action_mean, existing.action_std
             self.state = "complete" if manifest.complete else "resume"
-        elif self.directory.exists() and overwrite:
-            self._clear()
+        elif overwrite and (self.directory / MANIFEST_NAME).is_file():
+            # Build next to the old cache; finalize() swaps the new one in once it is complete.
+            self.directory = self.target.with_name(f".{self.target.name}.overwrite")
+            if self.directory.exists():
+                shutil.rmtree(self.directory)  # our own staging folder of an earlier, unfinished overwrite
         elif self.directory.exists() and any(self.directory.iterdir()):
             names = sorted(p.name for p in self.directory.iterdir())
-            if all(n.startswith("shard_") or n.endswith(".tmp") for n in names):
+            if all((n.startswith("shard_") or n.endswith(".tmp")) and (self.directory / n).is_file() for n in names):
                 self._clear()  # a build that died before its first manifest: nothing to keep
             else:
                 raise CacheError(
                     f"{self.directory} exists and is not an anchor cache (it holds {', '.join(names[:5])}); "
-                    "choose an empty or new --output-dir"
+                    "choose an empty or new --output-dir" + (" (--overwrite replaces only an anchor cache)" if overwrite else "")
                 )
         self.directory.mkdir(parents=True, exist_ok=True)
         self._remove_strays(manifest)
@@ -129,7 +142,20 @@ class CacheWriter:
         m.complete = True
         m.updated_at = utc_now()
         save_manifest(self.directory, m)
+        if self.directory != self.target:
+            self._swap_in()
         return m
+
+    def _swap_in(self) -> None:
+        """Replace the old cache at ``target`` by the complete staging folder."""
+        old = self.target.with_name(f".{self.target.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        self.target.rename(old)
+        self.directory.rename(self.target)
+        self.directory = self.target
+        shutil.rmtree(old)
+        logger.info("anchor cache %s replaced by the new build (--overwrite)", self.target)
 
     def total_bytes(self) -> int:
         return sum((self.directory / s.file).stat().st_size for s in self.manifest.shards) + (
@@ -169,11 +195,9 @@ class CacheWriter:
                 p.unlink()
 
     def _clear(self) -> None:
+        """Empty a folder that holds only shards and temp files (a build that died early)."""
         for p in self.directory.iterdir():
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
+            p.unlink()
 
 
 def _identity_diff(a: Manifest, b: Manifest) -> list[str]:

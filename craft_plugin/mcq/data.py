@@ -81,10 +81,14 @@ class MCQDataError(ValueError):
         self.problems = problems
         self.total_lines = total_lines
         bad = sorted({p.line for p in problems})
-        head = (
-            f"{path}: {len(bad)} invalid line(s) of {total_lines} (lines {', '.join(map(str, bad))}); "
-            f"fix them, or pass --skip-invalid to score the other {total_lines - len(bad)}"
-        )
+        if total_lines == 0:
+            super().__init__(f"no questions in {path}: the file is empty (or holds only blank lines); one JSON question per line")
+            return
+        head = f"{path}: {len(bad)} invalid line(s) of {total_lines} (lines {', '.join(map(str, bad))}); "
+        if total_lines > len(bad):
+            head += f"fix them, or pass --skip-invalid to score the other {total_lines - len(bad)}"
+        else:
+            head += "no valid question is left to score: fix them"
         super().__init__("\n".join([head, *(f"  - {p}" for p in problems)]))
 
 
@@ -201,7 +205,7 @@ def load_mcq(
     problems: list[LineProblem] = []
     total = 0
     seen_ids: dict[str, int] = {}
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
+    with path.open("r", encoding="utf-8-sig", errors="replace") as fh:  # -sig: a UTF-8 BOM is not part of line 1
         for number, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue

@@ -156,6 +156,9 @@ def run_eval_mcq(opts: EvalOptions) -> dict[str, Any]:
     for label, path in paths.items():
         logger.info("loading [%s] %s", label, path)
         adapters[label] = load_adapter(path, device=opts.device, dtype=opts.dtype)
+    warnings = family_warnings(adapters)
+    for text in warnings:
+        logger.warning(text)
     settings = {k: v for k, v in asdict(opts).items() if k not in ("progress",)}
     report = evaluate(
         adapters, data, normalize=opts.normalize, naive=opts.naive, batch_size=opts.batch_size,
@@ -163,9 +166,23 @@ def run_eval_mcq(opts: EvalOptions) -> dict[str, Any]:
     )
     for label, path in paths.items():
         report["checkpoints"][label]["path"] = path
+    report["warnings"] = warnings
     if opts.output:
         write_json(report, opts.output)
     return report
+
+
+def family_warnings(adapters: Mapping[str, MCQAdapter]) -> list[str]:
+    """A warning when A and B are different model families: each family has its own prompt format
+    and tokenizer, so the paired test then compares tokenizations as well as weights."""
+    families = {label: a.family for label, a in adapters.items()}
+    if len(set(families.values())) < 2:
+        return []
+    return [
+        f"--compare: A is a {families['A']} model and B a {families['B']} model. Their choices are tokenized "
+        "differently (each family's prompt format and tokenizer), so the paired test compares different "
+        "tokenizations, not only different weights; compare checkpoints of one family for a fair test"
+    ]
 
 
 def write_json(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -203,6 +220,7 @@ def format_summary(report: Mapping[str, Any]) -> str:
             f"  Correct: {m['correct']}/{m['n']}",
         ]
     c = report.get("comparison")
+    lines += [f"Warning: {w}" for w in report.get("warnings", [])]
     if c:
         lo, hi = c["accuracy_diff_ci"]
         lines += [

@@ -100,3 +100,13 @@ def test_bad_options_are_refused(smolvla_ckpt: Path, scene_set: Path, tmp_path: 
     assert r.exit_code == 2 and "none, length" in r.output
     r = _run("--policy.path", str(tmp_path / "missing"), "--data", str(scene_set))
     assert r.exit_code == 2 and "neither a local folder nor a downloadable hub repo" in r.output
+
+
+def test_compare_across_model_families_warns_about_tokenizations(hf_dir: Path, smolvla_ckpt: Path, scene_set: Path, tmp_path: Path):
+    out = tmp_path / "r.json"
+    r = _run("--policy.path", str(hf_dir), "--compare", str(smolvla_ckpt), "--data", str(scene_set), "--max-samples", "2", "--output", str(out))
+    assert r.exit_code == 0, r.output
+    assert "A is a hf model and B a smolvla model" in r.output and "compares different tokenizations" in r.output
+    assert json.loads(out.read_text())["warnings"][0].startswith("--compare: A is a hf model and B a smolvla model")
+    same = _run("--policy.path", str(smolvla_ckpt), "--compare", str(smolvla_ckpt), "--data", str(scene_set), "--max-samples", "2")
+    assert same.exit_code == 0 and "tokenizations" not in same.output

@@ -97,3 +97,20 @@ def test_max_samples_and_missing_file(folder: Path):
     assert [q.id for q in load_mcq(path, max_samples=2).questions] == ["q0", "q1"]
     with pytest.raises(FileNotFoundError, match="MCQ file not found"):
         load_mcq(folder / "nope.jsonl")
+
+
+def test_a_utf8_bom_is_not_part_of_line_1(folder: Path):
+    path = folder / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + ("\n".join([_good(0), _good(1)]) + "\n").encode("utf-8"))
+    data = load_mcq(path)
+    assert [q.id for q in data.questions] == ["q0", "q1"] and data.skipped == []
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n", "\ufeff"])
+def test_an_empty_file_says_no_questions(folder: Path, content: str):
+    path = folder / "empty.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(MCQDataError) as err:
+        load_mcq(path)
+    assert str(err.value).startswith(f"no questions in {path}")
+    assert "-1" not in str(err.value) and "invalid line" not in str(err.value)

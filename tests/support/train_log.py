@@ -16,3 +16,13 @@ def parse_steps(log: str) -> list[dict[str, float]]:
         if m and "loss:" in line:
             rows.append({k: float(v) for k, v in _FIELD.findall(m.group(0))})
     return rows
+
+
+def has_traceback(text: str) -> bool:
+    """Whether ``text`` holds a Python traceback other than LeRobot's torchcodec warning (a
+    machine without FFmpeg prints that one at every start)."""
+    start, end = "Could not load libtorchcodec", "[end of libtorchcodec loading traceback]"
+    while start in text and end in text[text.index(start) :]:
+        i = text.index(start)
+        text = text[:i] + text[text.index(end, i) + len(end) :]
+    return "Traceback" in text

@@ -293,3 +293,19 @@ def _type_name(typ: Any) -> str:
     if isinstance(typ, type) and typing.get_origin(typ) is None:
         return typ.__name__
     return str(typ).replace("typing.", "")
+
+
+def base_weights_file(base_path: str) -> Path:
+    """The ``model.safetensors`` of a base checkpoint: a local ``pretrained_model`` folder (or the
+    run folder holding one) or a hub id (from the local Hugging Face cache, downloaded if absent)."""
+    local = Path(base_path)
+    if local.is_dir():
+        file = local / "pretrained_model" / "model.safetensors"
+        file = file if file.is_file() else local / "model.safetensors"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        file = Path(hf_hub_download(base_path, "model.safetensors"))
+    if not file.is_file():
+        raise FileNotFoundError(f"base weights not found: {file} (the craft config's base_path is {base_path!r})")
+    return file

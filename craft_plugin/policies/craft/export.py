@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from craft_plugin.policies.craft.configuration_craft import BASE_CONFIG_DIR
+from craft_plugin.cache.shards import umask_mode
+from craft_plugin.policies.craft.configuration_craft import BASE_CONFIG_DIR, base_weights_file
 
 __all__ = ["export_base_checkpoint"]
 
@@ -28,23 +31,52 @@ _PREFIX = "base."
 
 
 def export_base_checkpoint(checkpoint: str | Path, output: str | Path, *, overwrite: bool = False) -> Path:
-    """Write the plain base checkpoint of ``checkpoint`` (a craft ``pretrained_model`` folder)."""
-    src, out = Path(checkpoint), Path(output)
-    if (src / "pretrained_model").is_dir():
-        src = src / "pretrained_model"
+    """Write the plain base checkpoint of ``checkpoint`` (a craft ``pretrained_model`` folder).
+
+    The export is written to a temporary folder next to ``output`` and renamed into place only
+    once complete; with ``overwrite`` an old export is replaced only then (and removed after the
+    swap). ``output`` may never be the checkpoint itself or a folder holding it: that is refused
+    before anything is written, with or without ``overwrite``.
+    """
+    given, out = Path(checkpoint), Path(output)
+    src = given / "pretrained_model" if (given / "pretrained_model").is_dir() else given
     config_path = src / "config.json"
     if not config_path.is_file() or json.loads(config_path.read_text()).get("type") != "craft":
         raise ValueError(f"{src} is not a craft checkpoint (its config.json must have \"type\": \"craft\")")
+    for held in {src.resolve(), given.resolve()}:
+        if out.resolve() == held or out.resolve() in held.parents:
+            raise ValueError(
+                f"the output {out} is the checkpoint {given} or a folder holding it: exporting there would "
+                f"replace the checkpoint itself; choose an output outside it, e.g. {src.resolve().parent.parent / 'exported'}"
+            )
     base_config = src / BASE_CONFIG_DIR / "config.json"
     if not base_config.is_file():
         raise ValueError(f"{src} has no {BASE_CONFIG_DIR}/config.json: it was saved by an older craft-plugin")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or choose another folder")
-        shutil.rmtree(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is a file, not a folder; choose another output folder")
+    replace_old = out.is_dir() and any(out.iterdir())
+    if replace_old and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or choose another folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700: the export gets a plain folder's mode
+        _write_export(src, base_config, tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            old.rmdir()
+            out.rename(old)  # the complete new export is ready: only now move the old one aside
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_export(src: Path, base_config: Path, tmp: Path) -> None:
+    """The export's files (config, weights, processors) into the empty folder ``tmp``."""
     shutil.copy2(base_config, tmp / "config.json")
     if (src / "adapter_config.json").is_file() and not (src / "model.safetensors").is_file():
         base_weights = _merged_lora_weights(src)
@@ -54,13 +86,10 @@ def export_base_checkpoint(checkpoint: str | Path, output: str | Path, *, overwr
     if not base_weights:
         raise ValueError(f"{src / 'model.safetensors'} holds no '{_PREFIX}*' weights")
     save_file(base_weights, str(tmp / "model.safetensors"))
+    os.chmod(tmp / "model.safetensors", umask_mode(0o666))
     for f in src.iterdir():
         if f.name.startswith(("policy_preprocessor", "policy_postprocessor")):
             shutil.copy2(f, tmp / f.name)
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
-    return out
 
 
 _ADAPTER_PREFIX = "base_model.model." + _PREFIX
@@ -68,17 +97,7 @@ _ADAPTER_PREFIX = "base_model.model." + _PREFIX
 
 def _base_weights_of(base_path: str) -> dict[str, torch.Tensor]:
     """The base checkpoint's weights: a local ``pretrained_model`` folder or a hub id."""
-    local = Path(base_path)
-    if local.is_dir():
-        file = local / "pretrained_model" / "model.safetensors"
-        file = file if file.is_file() else local / "model.safetensors"
-    else:
-        from huggingface_hub import hf_hub_download
-
-        file = Path(hf_hub_download(base_path, "model.safetensors"))
-    if not file.is_file():
-        raise FileNotFoundError(f"base weights not found: {file} (the craft config's base_path is {base_path!r})")
-    return load_file(str(file))
+    return load_file(str(base_weights_file(base_path)))
 
 
 def _merged_lora_weights(src: Path) -> dict[str, torch.Tensor]:

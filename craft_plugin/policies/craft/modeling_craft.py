@@ -13,6 +13,15 @@ so λ stays identical on every rank.
 
 The retention forward runs with every module in ``eval()`` (dropout off), like the teacher's.
 Only parameters with ``requires_grad`` take part (PEFT adapters, ``train_expert_only``...).
+
+Start-up checks: a fresh run opens its anchor cache while the policy is built, before step 1,
+and checks that the cache fits (layers, pooling, policy type, hidden size, anchor batch size)
+and that its teacher is this run's base: the sha256 of the base's ``model.safetensors`` must
+equal the manifest's ``teacher.weights_sha256`` (``--policy.craft.allow_other_teacher=true``
+trains anyway, with a warning). What fails there is a user error, and ends the run with its
+message alone: :class:`CraftStartupError`, a ``SystemExit`` whose ``error`` (and
+``__cause__``) is the original :class:`CacheError` — so ``lerobot-train`` prints one message
+and exits 1, not a traceback, and Python code can catch it by name.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import weakref
 from pathlib import Path
 from typing import Any
@@ -31,15 +41,24 @@ from torch import Tensor
 
 from craft_plugin.cache.anchor_cache import AnchorCache
 from craft_plugin.cache.manifest import CacheError
-from craft_plugin.cache.shards import atomic_write_bytes
+from craft_plugin.cache.shards import atomic_write_bytes, file_sha256
 from craft_plugin.hook import CraftHook
-from craft_plugin.policies.craft.configuration_craft import CRaFTConfig
+from craft_plugin.policies.craft.configuration_craft import CRaFTConfig, base_weights_file
 from craft_plugin.retention import make_retention
 
 logger = logging.getLogger(__name__)
 
 CRAFT_STATE_FILE = "craft_state.json"
 METRICS_FILE = "craft_metrics.jsonl"
+
+
+class CraftStartupError(SystemExit):
+    """A user error found while a craft run starts (see the module docstring): exits with the
+    message, ``error`` is the original exception."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(f"craft: {error}")
+        self.error = error
 
 
 class CRaFTPolicy(PreTrainedPolicy):
@@ -75,23 +94,54 @@ class CRaFTPolicy(PreTrainedPolicy):
         # A fresh run checks its anchor cache now, before step 1; a policy loaded from a
         # checkpoint (eval, export, resume) opens it at its first training step instead.
         if config.craft.enabled and config.pretrained_path is None:
-            self._check_cache()
+            self._check_cache(check_teacher=True)
 
     # ------------------------------------------------------------------ set-up
-    def _check_cache(self) -> None:
-        """Fail before step 1 on a missing or unfitting cache (message names the fix)."""
+    def _check_cache(self, *, check_teacher: bool = False) -> None:
+        """Fail before step 1 on a missing or unfitting cache, or one from another teacher
+        (``check_teacher``: a fresh run, whose base must still be the teacher), with
+        :class:`CraftStartupError` (the message names the fix)."""
         c = self.config.craft
-        if c.anchor_cache_dir is None:
-            raise CacheError(
-                "CRaFT is enabled but no anchor cache is set: pass --policy.craft.anchor_cache_dir=<dir> "
-                "(build one with `craft build-cache`), or --policy.craft.enabled=false for plain fine-tuning"
-            )
-        cache = AnchorCache(c.anchor_cache_dir)
-        # Each process draws its own anchors (seed + rank); L_ret is averaged before the dual step.
-        self._retention = make_retention(
-            self.base, cache, c, preprocessor=self.retention_preprocessor(), seed=_rank(),
-            device=str(self.config.device or "cpu"),
-        )  # fmt: skip
+        try:
+            if c.anchor_cache_dir is None:
+                raise CacheError(
+                    "CRaFT is enabled but no anchor cache is set: pass --policy.craft.anchor_cache_dir=<dir> "
+                    "(build one with `craft build-cache`), or --policy.craft.enabled=false for plain fine-tuning"
+                )
+            cache = AnchorCache(c.anchor_cache_dir)
+            if check_teacher:
+                self._check_teacher(cache)
+            # Each process draws its own anchors (seed + rank); L_ret is averaged before the dual step.
+            self._retention = make_retention(
+                self.base, cache, c, preprocessor=self.retention_preprocessor(), seed=_rank(),
+                device=str(self.config.device or "cpu"),
+            )  # fmt: skip
+        except CacheError as err:
+            raise CraftStartupError(err) from err
+
+    def _check_teacher(self, cache: AnchorCache) -> None:
+        """The cache's teacher must be this run's base: same ``model.safetensors`` sha256."""
+        m = cache.manifest
+        expected = m.teacher.weights_sha256
+        if self.config.base_path:
+            file = base_weights_file(self.config.base_path)
+            logger.info("CRaFT: checking the base's weights against the cache's teacher (sha256 of %s)", file)
+            actual = file_sha256(file)
+            what = f"the base {self.config.base_path} (model.safetensors sha256 {actual[:16]}…)"
+        else:
+            actual, what = None, f"the base built from --policy.base_type={self.config.base_type} (freshly initialized weights)"
+        if actual == expected:
+            return
+        message = (
+            f"anchor cache {cache.directory} was built from another teacher: its teacher {m.teacher.path} has "
+            f"weights sha256 {expected[:16]}…, while this run fine-tunes {what}. Its anchors would pull the "
+            "policy towards that other model. Build a cache from this run's base:\n  "
+            + build_command_for(cache, self.config.base_path)
+            + "\nor, to anchor to that other model on purpose, pass --policy.craft.allow_other_teacher=true"
+        )
+        if not self.config.craft.allow_other_teacher:
+            raise CacheError(message)
+        logger.warning("CRaFT: allow_other_teacher=true: training against a cache from another teacher. %s", message.split(" Its anchors")[0])
 
     def retention_preprocessor(self) -> Any:
         """The preprocessor the anchors go through: the one this run trains with.
@@ -130,7 +180,20 @@ class CRaFTPolicy(PreTrainedPolicy):
             if self._pending_state is not None:
                 self._load_craft_state(self._pending_state)
                 self._pending_state = None
+                self._drop_metrics_after(self._hook.step_count)
         return self._hook
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """A resumed run: drop ``craft_metrics.jsonl`` records past the restored ``step`` (written by
+        the run that was stopped after its checkpoint), so the file holds one record per step."""
+        path = self._metrics_path
+        if path is None or not path.is_file() or not _is_main_process():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if _record_step(line) is None or _record_step(line) <= step]  # type: ignore[operator]
+        if len(kept) != len(lines):
+            logger.info("CRaFT: resumed at step %d: dropped %d record(s) past it from %s", step, len(lines) - len(kept), path)
+            atomic_write_bytes(path, "".join(kept).encode("utf-8"))
 
     # ------------------------------------------------------------------ the training step
     def forward(self, batch: dict[str, Tensor], **kwargs: Any) -> tuple[Tensor, dict | None]:
@@ -140,7 +203,7 @@ class CRaFTPolicy(PreTrainedPolicy):
         if not (self.training and self.config.craft.enabled and torch.is_grad_enabled()):
             return task_loss, output
         if self._retention is None:
-            self._check_cache()
+            self._check_cache()  # a policy loaded from a checkpoint: its weights have moved on from the teacher's
         hook = self._ensure_hook()
         loss, metrics = hook.surrogate(task_loss, self._retention)
         if "L_ret" in metrics and len(getattr(self._retention, "last_parts", {})) > 1:
@@ -241,6 +304,21 @@ class CRaFTPolicy(PreTrainedPolicy):
         if state_file.is_file():
             policy._pending_state = json.loads(state_file.read_text())
         return policy
+
+
+def _record_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def build_command_for(cache: AnchorCache, policy_path: str | None) -> str:
+    """``cache``'s own build command with the teacher replaced by ``policy_path`` (if given)."""
+    command = cache.build_command()
+    if policy_path:
+        command = command.replace(shlex.quote(f"--policy.path={cache.manifest.teacher.path}"), shlex.quote(f"--policy.path={policy_path}"))
+    return command
 
 
 def _root_at_base(target_modules: Any) -> Any:

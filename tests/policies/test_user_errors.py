@@ -1,0 +1,271 @@
+"""A new user's mistakes (issue 12): nothing lost, nothing silently damaged, one message each.
+
+One tiny ACT world per module, built in-process (dataset, two teachers with other weights, a
+cache with `craft build-cache`'s defaults); commands whose output is the point run as
+subprocesses and must not print a traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support.train_log import has_traceback as _traceback
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from support.tiny_classic import make_tiny_act
+    from support.tiny_dataset import make_dataset, save_policy
+
+    from craft_plugin.cache.builder import BuildOptions, build_cache
+
+    root = tmp_path_factory.mktemp("user-errors")
+    make_dataset(root / "data")
+    save_policy(*make_tiny_act(seed=0), root / "act")
+    save_policy(*make_tiny_act(seed=1), root / "act_other")
+    build_cache(
+        BuildOptions(policy_path=str(root / "act"), output_dir=str(root / "cache"), dataset_root=str(root / "data"),
+                     dataset_repo_id="local/tiny"),
+        progress=False,
+    )  # fmt: skip
+    return root
+
+
+def _craft_policy(world: Path, base: str = "act", cache: Path | None = None, **craft):
+    import craft_plugin.policies  # noqa: F401
+    from craft_plugin import CraftConfig
+    from craft_plugin.policies.craft.configuration_craft import CRaFTConfig
+    from craft_plugin.policies.craft.modeling_craft import CRaFTPolicy
+
+    settings = {"anchor_cache_dir": cache or world / "cache", "anchor_batch_size": 4, **craft}
+    return CRaFTPolicy(CRaFTConfig(base_path=str(world / base), device="cpu", craft=CraftConfig(**settings)))
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+@pytest.fixture(scope="module")
+def checkpoint(world, tmp_path_factory):
+    """A craft checkpoint as lerobot-train lays it out: run/checkpoints/000002/pretrained_model,
+    with an unrelated file next to it."""
+    ck = tmp_path_factory.mktemp("ck") / "000002"
+    policy = _craft_policy(world, enabled=False)
+    policy.save_pretrained(ck / "pretrained_model")
+    (ck / "notes.txt").write_text("the user's own file")
+    return ck
+
+
+# ------------------------------------------------------------------ 1. export --overwrite
+@pytest.mark.parametrize("source", ["ck", "ck/pretrained_model"])
+@pytest.mark.parametrize("target", ["ck", "ck/pretrained_model"])
+def test_export_overwrite_onto_the_checkpoint_or_its_folder_leaves_it_byte_identical(checkpoint, source, target):
+    before = _hashes(checkpoint)
+    as_path = {"ck": checkpoint, "ck/pretrained_model": checkpoint / "pretrained_model"}
+    res = subprocess.run(
+        [str(BIN / "craft"), "export", str(as_path[source]), str(as_path[target]), "--overwrite"],
+        capture_output=True, text=True, env=ENV, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "is the checkpoint" in res.stderr and "choose an output outside it" in res.stderr
+    assert not _traceback(res.stderr)
+    assert _hashes(checkpoint) == before
+
+
+def test_export_overwrite_keeps_the_old_export_until_the_new_one_is_complete(checkpoint, tmp_path, monkeypatch):
+    from craft_plugin.policies.craft import export
+
+    out = tmp_path / "exported"
+    export.export_base_checkpoint(checkpoint, out)
+    old = _hashes(out)
+    assert set(old) >= {"config.json", "model.safetensors"}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export.export_base_checkpoint(checkpoint, out, overwrite=True)
+    assert _hashes(out) == old, "the old export is untouched by a failed overwrite"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"], "no temp folder left behind"
+    monkeypatch.undo()
+    export.export_base_checkpoint(checkpoint, out, overwrite=True)
+    assert _hashes(out) == old  # the same export again, swapped in
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+# ------------------------------------------------------------------ 2. cache from another teacher
+def test_cache_from_another_teacher_stops_before_step_1_with_both_hashes(world, caplog):
+    from craft_plugin.cache.manifest import CacheError
+    from craft_plugin.cache.shards import file_sha256
+    from craft_plugin.policies.craft.modeling_craft import CraftStartupError
+
+    with pytest.raises(CraftStartupError) as info:
+        _craft_policy(world, base="act_other")
+    text = str(info.value.code)
+    assert isinstance(info.value.error, CacheError)
+    assert text.startswith("craft: anchor cache") and "was built from another teacher" in text
+    assert file_sha256(world / "act" / "model.safetensors")[:16] in text
+    assert file_sha256(world / "act_other" / "model.safetensors")[:16] in text
+    assert f"craft build-cache --dataset.repo_id=local/tiny --dataset.root={world / 'data'} --policy.path={world / 'act_other'}" in text
+    assert "--policy.craft.allow_other_teacher=true" in text
+
+    with caplog.at_level(logging.WARNING):
+        policy = _craft_policy(world, base="act_other", allow_other_teacher=True)
+    assert policy._retention is not None
+    assert "allow_other_teacher=true: training against a cache from another teacher" in caplog.text
+    assert _craft_policy(world)._retention is not None, "the cache's own teacher passes"
+
+
+# ------------------------------------------------------------------ 3. cache-info
+def _cache_info(directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "craft"), "cache-info", str(directory)], capture_output=True, text=True, env=ENV, timeout=60)
+
+
+def test_cache_info_and_training_refuse_a_manifest_without_its_shards(world, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(world / "cache", cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    del manifest["shards"]
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    res = _cache_info(cache)
+    assert res.returncode == 1
+    assert "is corrupt: it says complete but its shards list holds 0 of its 24 anchors" in res.stderr
+    assert not _traceback(res.stderr + res.stdout)
+
+    from craft_plugin.policies.craft.modeling_craft import CraftStartupError
+
+    with pytest.raises(CraftStartupError, match="is corrupt: it says complete"):
+        _craft_policy(world, cache=cache)
+
+
+def test_cache_info_opens_each_shard_as_safetensors(world, tmp_path):
+    from craft_plugin.cache.shards import file_sha256
+
+    cache = tmp_path / "cache"
+    shutil.copytree(world / "cache", cache)
+    shard = cache / "shard_00000.safetensors"
+    shard.write_bytes(b"not a safetensors file at all, but its hash is in the manifest")
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest["shards"][0]["sha256"] = file_sha256(shard)
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    res = _cache_info(cache)
+    assert res.returncode == 1
+    assert "CORRUPT   shard_00000.safetensors" in res.stdout and "is not a readable safetensors file" in res.stdout
+    assert "--overwrite" in res.stdout
+
+    from craft_plugin.policies.craft.modeling_craft import CraftStartupError
+
+    with pytest.raises(CraftStartupError, match="is not a readable safetensors file"):
+        _craft_policy(world, cache=cache)
+
+
+# ------------------------------------------------------------------ 5. messages, not tracebacks
+def test_anchor_batch_larger_than_the_cache_is_one_message(world):
+    from craft_plugin.policies.craft.modeling_craft import CraftStartupError
+
+    with pytest.raises(CraftStartupError) as info:
+        _craft_policy(world, anchor_batch_size=100)
+    assert info.value.code == (
+        f"craft: anchor_batch_size=100 exceeds the 24 anchors in {world / 'cache'}; "
+        "lower anchor_batch_size or build a larger cache (--num-anchors)"
+    )
+
+
+def _build(world: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [str(BIN / "craft"), "build-cache", f"--policy.path={world / 'act'}", f"--dataset.root={world / 'data'}",
+           "--dataset.repo_id=local/tiny", f"--output-dir={out}", *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+
+
+def test_build_cache_user_errors_are_one_message(world, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    res = _build(world, a_file)
+    assert res.returncode == 2 and f"--output-dir {a_file} is a file, not a folder" in res.stderr
+    assert a_file.read_text() == "mine"
+    res = _build(world, tmp_path / "c", "--layers=")
+    assert res.returncode == 2 and "--layers" in res.stderr and "is empty: give at least one layer" in res.stderr
+    for r in (res,):
+        assert not _traceback(r.stderr) and "max() iterable" not in r.stderr
+
+
+def test_build_cache_overwrite_never_empties_a_folder_that_is_not_a_cache(world, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    res = _build(world, mine, "--overwrite")
+    assert res.returncode == 2 and "is not an anchor cache" in res.stderr and not _traceback(res.stderr)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (errno.ENOSPC, "disk full while writing the anchor cache {out}"),
+        (errno.EACCES, "cannot write the anchor cache to {out}"),
+    ],
+)
+def test_build_cache_write_failures_say_what_to_do(world, tmp_path, monkeypatch, code, expected):
+    from typer.testing import CliRunner
+
+    from craft_plugin.cache import writer
+    from craft_plugin.cli import app
+
+    real = writer.write_shard
+    calls = []
+
+    def failing(path, tensors, metadata=None):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, tensors, metadata)
+
+    monkeypatch.setattr(writer, "write_shard", failing)
+    out = tmp_path / "cache"
+    args = ["build-cache", f"--policy.path={world / 'act'}", f"--dataset.root={world / 'data'}",
+            "--dataset.repo_id=local/tiny", f"--output-dir={out}", "--shard-size=8"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    text = result.output
+    assert expected.format(out=out) in text and result.exception is not None
+    if code == errno.ENOSPC:
+        # shards 1 and 2 of 8 rows (of 24) are still to write: the message gives their size
+        shard0 = (out / "shard_00000.safetensors").stat().st_size
+        assert "the rest of the cache needs about" in text and "rerun the same command: it resumes" in text
+        needed = float(text.split("needs about ")[1].split(" MiB")[0])
+        assert needed == pytest.approx(2 * shard0 / 2**20, rel=0.05, abs=0.05)
+        assert not list(out.glob("*.tmp")), "the half-written shard is removed"
+        monkeypatch.undo()
+        again = CliRunner().invoke(app, args)
+        assert again.exit_code == 0 and "resumed" in again.output, again.output
+
+
+# ------------------------------------------------------------------ 7. shard file mode
+def test_shards_get_the_manifests_file_mode(world):
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (world / "cache").iterdir()}
+    assert modes["manifest.json"] == 0o666 & ~_umask()
+    assert {m for n, m in modes.items() if n.startswith("shard_")} == {modes["manifest.json"]}
