@@ -79,9 +79,14 @@ def test_unknown_base_option_names_it_and_its_close_matches(world):
 
 
 def test_unknown_base_option_reaches_the_user_through_lerobot_trains_parser(world, monkeypatch):
-    """LeRobot's own parser and `TrainPipelineConfig.validate` (what `lerobot-train` runs first)."""
-    with pytest.raises(ValueError, match=r"no option 'dropuot'; close matches: dropout"):
+    """LeRobot's own parser and `TrainPipelineConfig.validate` (what `lerobot-train` runs first):
+    the message alone (a SystemExit, so no traceback), the ValueError kept as its cause."""
+    from craft_plugin.policies.craft.configuration_craft import CraftStartupError
+
+    with pytest.raises(CraftStartupError) as info:
         _parse_and_validate(world, monkeypatch, "--policy.base_options={dropuot: 0.25}")
+    assert info.value.code == "craft: --policy.base_options: the act base config has no option 'dropuot'; close matches: dropout"
+    assert isinstance(info.value.error, ValueError)
     cfg = _parse_and_validate(world, monkeypatch, '--policy.base_options={"use_vae": "false", "dropout": 0}')
     assert cfg.policy.base_config.use_vae is False and cfg.policy.base_config.dropout == 0.0
 

@@ -64,6 +64,17 @@ BASE_CONFIG_DIR = "base"
 NORMALIZATION_MODES = ("base", "dataset", "merged")
 
 
+class CraftStartupError(SystemExit):
+    """A user error found while a craft run starts (a base option, the anchor cache, its
+    teacher): the run ends with the message alone (a ``SystemExit``, so ``lerobot-train``
+    prints one line and exits 1, no traceback); ``error`` (and ``__cause__``) is the original
+    exception, so Python code can still catch and inspect it."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(f"craft: {error}")
+        self.error = error
+
+
 @PreTrainedConfig.register_subclass("craft")
 @dataclass
 class CRaFTConfig(PreTrainedConfig):
@@ -122,6 +133,15 @@ class CRaFTConfig(PreTrainedConfig):
             self._base_config.device = self.device
         return self._base_config
 
+    def _base(self) -> PreTrainedConfig:
+        """:attr:`base_config` for LeRobot's calls into this config (delta indices, presets,
+        features...), which ``lerobot-train`` makes before step 1: a bad base option or base
+        path ends the run with its message (:class:`CraftStartupError`), not a traceback."""
+        try:
+            return self.base_config
+        except (ValueError, FileNotFoundError, OSError) as err:
+            raise CraftStartupError(err) from err
+
     def _load_base_config(self) -> PreTrainedConfig:
         if self.pretrained_path is not None:
             saved = Path(str(self.pretrained_path)) / BASE_CONFIG_DIR
@@ -153,29 +173,29 @@ class CRaFTConfig(PreTrainedConfig):
     # ------------------------------------------------------------------ delegation
     @property
     def observation_delta_indices(self) -> list | None:
-        return self.base_config.observation_delta_indices
+        return self._base().observation_delta_indices
 
     @property
     def action_delta_indices(self) -> list | None:
-        return self.base_config.action_delta_indices
+        return self._base().action_delta_indices
 
     @property
     def reward_delta_indices(self) -> list | None:
-        return self.base_config.reward_delta_indices
+        return self._base().reward_delta_indices
 
     def get_optimizer_preset(self) -> Any:
-        return self.base_config.get_optimizer_preset()
+        return self._base().get_optimizer_preset()
 
     def get_scheduler_preset(self) -> Any:
-        return self.base_config.get_scheduler_preset()
+        return self._base().get_scheduler_preset()
 
     def validate_features(self) -> None:
         self.sync_features_to_base()
-        self.base_config.validate_features()
+        self._base().validate_features()
 
     def sync_features_to_base(self) -> None:
         """A base built from its type takes the dataset's features; a pretrained base keeps its own."""
-        base = self.base_config
+        base = self._base()
         if not base.input_features and self.input_features:
             base.input_features = dict(self.input_features)
         if not base.output_features and self.output_features:
@@ -187,7 +207,7 @@ class CRaFTConfig(PreTrainedConfig):
 
     @property
     def normalization_mapping(self) -> dict:
-        return getattr(self.base_config, "normalization_mapping", {})
+        return getattr(self._base(), "normalization_mapping", {})
 
     def describe(self) -> str:
         return json.dumps({"base": self.base_path or self.base_type, "craft": self.craft.to_dict()})

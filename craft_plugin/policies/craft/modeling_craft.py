@@ -43,22 +43,15 @@ from craft_plugin.cache.anchor_cache import AnchorCache
 from craft_plugin.cache.manifest import CacheError
 from craft_plugin.cache.shards import atomic_write_bytes, file_sha256
 from craft_plugin.hook import CraftHook
-from craft_plugin.policies.craft.configuration_craft import CRaFTConfig, base_weights_file
+from craft_plugin.policies.craft.configuration_craft import CRaFTConfig, CraftStartupError, base_weights_file
 from craft_plugin.retention import make_retention
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["CRAFT_STATE_FILE", "METRICS_FILE", "CRaFTPolicy", "CraftStartupError"]
+
 CRAFT_STATE_FILE = "craft_state.json"
 METRICS_FILE = "craft_metrics.jsonl"
-
-
-class CraftStartupError(SystemExit):
-    """A user error found while a craft run starts (see the module docstring): exits with the
-    message, ``error`` is the original exception."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(f"craft: {error}")
-        self.error = error
 
 
 class CRaFTPolicy(PreTrainedPolicy):
