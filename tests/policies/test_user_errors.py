@@ -74,18 +74,17 @@ def checkpoint(world, tmp_path_factory):
 
 
 # ------------------------------------------------------------------ 1. export --overwrite
-@pytest.mark.parametrize("source", ["ck", "ck/pretrained_model"])
-@pytest.mark.parametrize("target", ["ck", "ck/pretrained_model"])
+@pytest.mark.parametrize(("source", "target"), [("ck", "ck"), ("ck/pretrained_model", "ck"), ("ck", "ck/pretrained_model")])
 def test_export_overwrite_onto_the_checkpoint_or_its_folder_leaves_it_byte_identical(checkpoint, source, target):
+    from typer.testing import CliRunner
+
+    from craft_plugin.cli import app
+
     before = _hashes(checkpoint)
     as_path = {"ck": checkpoint, "ck/pretrained_model": checkpoint / "pretrained_model"}
-    res = subprocess.run(
-        [str(BIN / "craft"), "export", str(as_path[source]), str(as_path[target]), "--overwrite"],
-        capture_output=True, text=True, env=ENV, timeout=120,
-    )  # fmt: skip
-    assert res.returncode == 2, res.stdout + res.stderr
-    assert "is the checkpoint" in res.stderr and "choose an output outside it" in res.stderr
-    assert not _traceback(res.stderr)
+    result = CliRunner().invoke(app, ["export", str(as_path[source]), str(as_path[target]), "--overwrite"])
+    assert result.exit_code == 2, result.output
+    assert "is the checkpoint" in result.output and "choose an output outside it" in result.output
     assert _hashes(checkpoint) == before
 
 
@@ -145,6 +144,14 @@ def _cache_info(directory: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(BIN / "craft"), "cache-info", str(directory)], capture_output=True, text=True, env=ENV, timeout=60)
 
 
+def _cache_info_in_process(directory: Path):
+    from typer.testing import CliRunner
+
+    from craft_plugin.cli import app
+
+    return CliRunner().invoke(app, ["cache-info", str(directory)])
+
+
 def test_cache_info_and_training_refuse_a_manifest_without_its_shards(world, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(world / "cache", cache)
@@ -172,10 +179,10 @@ def test_cache_info_opens_each_shard_as_safetensors(world, tmp_path):
     manifest = json.loads((cache / "manifest.json").read_text())
     manifest["shards"][0]["sha256"] = file_sha256(shard)
     (cache / "manifest.json").write_text(json.dumps(manifest))
-    res = _cache_info(cache)
-    assert res.returncode == 1
-    assert "CORRUPT   shard_00000.safetensors" in res.stdout and "is not a readable safetensors file" in res.stdout
-    assert "--overwrite" in res.stdout
+    res = _cache_info_in_process(cache)
+    assert res.exit_code == 1
+    assert "CORRUPT   shard_00000.safetensors" in res.output and "is not a readable safetensors file" in res.output
+    assert "--overwrite" in res.output
 
     from craft_plugin.policies.craft.modeling_craft import CraftStartupError
 
@@ -206,20 +213,61 @@ def test_build_cache_user_errors_are_one_message(world, tmp_path):
     a_file.write_text("mine")
     res = _build(world, a_file)
     assert res.returncode == 2 and f"--output-dir {a_file} is a file, not a folder" in res.stderr
+    assert not _traceback(res.stderr)
     assert a_file.read_text() == "mine"
-    res = _build(world, tmp_path / "c", "--layers=")
-    assert res.returncode == 2 and "--layers" in res.stderr and "is empty: give at least one layer" in res.stderr
-    for r in (res,):
-        assert not _traceback(r.stderr) and "max() iterable" not in r.stderr
+
+    from typer.testing import CliRunner
+
+    from craft_plugin.cli import app
+
+    result = CliRunner().invoke(app, ["build-cache", "--policy.path=x", f"--output-dir={tmp_path / 'c'}", "--layers="])
+    assert result.exit_code == 2 and "is empty: give at least one layer" in result.output
+    assert "max() iterable" not in result.output
 
 
 def test_build_cache_overwrite_never_empties_a_folder_that_is_not_a_cache(world, tmp_path):
+    from typer.testing import CliRunner
+
+    from craft_plugin.cli import app
+
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
-    res = _build(world, mine, "--overwrite")
-    assert res.returncode == 2 and "is not an anchor cache" in res.stderr and not _traceback(res.stderr)
+    args = ["build-cache", f"--policy.path={world / 'act'}", f"--dataset.root={world / 'data'}",
+            "--dataset.repo_id=local/tiny", f"--output-dir={mine}", "--overwrite"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "is not an anchor cache" in result.output
     assert (mine / "thesis.tex").read_text() == "years of work"
+
+
+def test_build_cache_overwrite_replaces_a_cache_only_when_the_new_one_is_complete(world, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from craft_plugin.cache import writer
+    from craft_plugin.cli import app
+
+    cache = tmp_path / "cache"
+    shutil.copytree(world / "cache", cache)
+    before = _hashes(cache)
+    real, calls = writer.write_shard, []
+
+    def killed_at_the_second_shard(path, tensors, metadata=None):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(path, tensors, metadata)
+
+    monkeypatch.setattr(writer, "write_shard", killed_at_the_second_shard)
+    args = ["build-cache", f"--policy.path={world / 'act'}", f"--dataset.root={world / 'data'}",
+            "--dataset.repo_id=local/tiny", f"--output-dir={cache}", "--num-anchors=16", "--shard-size=8", "--overwrite"]  # fmt: skip
+    CliRunner().invoke(app, args)
+    assert calls and calls[0].parent.name == ".cache.overwrite", "the new build is staged next to the old cache"
+    assert _hashes(cache) == before, "the old cache is intact until the new one is complete"
+    monkeypatch.undo()
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((cache / "manifest.json").read_text())["num_anchors"] == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"], "no staging folder left"
 
 
 @pytest.mark.parametrize(
