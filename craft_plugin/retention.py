@@ -21,8 +21,11 @@ Both run the student's retention forward with every module in ``eval()`` (dropou
 normalization layers on running statistics), exactly as the teacher ran when the cache was
 built, so ``L_ret`` measures drift and not dropout noise; each module's train/eval flag is
 restored afterwards. A student identical to the teacher, with the teacher's statistics, gets
-``L_ret = 0``. The anchor sampler is a seeded ``torch.Generator`` whose state rides in
-``state_dict()``.
+``L_ret = 0``. The anchor sampler is counter-based: draw *n* of a sampler seeded *s* uses a
+``torch.Generator`` seeded from ``(s, n)``, so its whole state is ``{"seed", "draws"}`` (in
+``state_dict()``). A run of several processes seeds rank *r*'s sampler with *r* and every
+rank draws once per retention step, so restoring the draw count restores each rank's own
+sampler, whichever rank wrote the checkpoint.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 
 
 class _AnchorSampler:
-    """Seeded anchor batches; the generator state checkpoints with ``state_dict``."""
+    """Seeded anchor batches, counter-based (see the module docstring)."""
 
     def __init__(self, cache: AnchorCache, batch_size: int, seed: int) -> None:
         if batch_size > len(cache):
@@ -71,16 +74,24 @@ class _AnchorSampler:
             )
         self.cache = cache
         self.batch_size = batch_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = int(seed)
+        self.draws = 0
+
+    def generator(self, draw: int) -> torch.Generator:
+        """The generator of draw number ``draw``."""
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + draw) % (2**63 - 1))
 
     def next(self) -> Any:
-        return self.cache.sample(self.batch_size, self.generator)
+        batch = self.cache.sample(self.batch_size, self.generator(self.draws))
+        self.draws += 1
+        return batch
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state()}
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "draws": self.draws}
 
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"])
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore the draw count; the seed stays this sampler's own (each rank has its own)."""
+        self.draws = int(state["draws"])
 
 
 class _CachedRetention:

@@ -44,16 +44,23 @@ def test_drifted_student_has_positive_loss_with_gradients(act_world):
     assert policy.model.encoder.layers[0].linear1.weight.grad.abs().sum() > 0
 
 
-def test_sampler_state_round_trips(act_world):
+def test_each_rank_gets_its_own_sampler_back_from_rank_0s_checkpoint(act_world):
+    """Rank r's sampler is seeded r; only rank 0 writes the checkpoint, and every rank draws
+    once per retention step: restoring that state gives every rank its own next anchors."""
     policy, pre, cache = act_world
     cfg = CraftConfig(anchor_batch_size=3, pooling=["mean_image_tokens", "cls_token"])
-    a = HiddenRetention(policy, cache, preprocessor=pre, config=cfg, seed=7)
-    a()
-    state = a.state_dict()
-    next_a = a.sampler.next()["index"]
-    b = HiddenRetention(policy, cache, preprocessor=pre, config=cfg, seed=99)
-    b.load_state_dict(state)
-    assert torch.equal(b.sampler.next()["index"], next_a)
+    ranks = [HiddenRetention(policy, cache, preprocessor=pre, config=cfg, seed=r) for r in (0, 1)]
+    for _ in range(3):
+        for r in ranks:
+            r.sampler.next()
+    checkpoint = ranks[0].state_dict()
+    assert checkpoint == {"sampler": {"seed": 0, "draws": 3}}
+    expected = [r.sampler.next()["index"] for r in ranks]
+    assert not torch.equal(expected[0], expected[1]), "the ranks draw different anchors"
+    for rank in (0, 1):
+        resumed = HiddenRetention(policy, cache, preprocessor=pre, config=cfg, seed=rank)
+        resumed.load_state_dict(checkpoint)
+        assert torch.equal(resumed.sampler.next()["index"], expected[rank]), f"rank {rank}"
 
 
 def test_caches_that_do_not_fit_stop_with_the_right_command(act_world):

@@ -189,7 +189,9 @@ def project_grouped(
 
     With ``combine_lambda=λ`` the returned gradients are already the combined
     ``g = proj(g_t) + λ·g_r``, computed in one fused pass per tensor as
-    ``g_t + (λ − dot_g/|g_r,g|²)·g_r`` (the coefficient is just ``λ`` for unprojected groups).
+    ``g_t + (λ − dot_g/|g_r,g|²)·g_r`` (the coefficient is just ``λ`` for unprojected groups);
+    bf16 / fp16 gradients are combined in float32 and rounded once (statistics are always
+    accumulated in float32 or better).
     ``table`` may pass in :func:`per_tensor_stats` of the same gradients (else it is computed):
     every gradient is read once for all the statistics, whatever the granularity.
     """
@@ -220,7 +222,7 @@ def project_grouped(
                 removed += dot**2 / nr
         if lam - coef != 0.0:
             for i in idx:
-                out[i].add_(g_ret[i].to(out[i].dtype), alpha=lam - coef)
+                _add_scaled_(out[i], g_ret[i], lam - coef)
     n_groups = len(groups)
     return ProjectionResult(
         grads=out,
@@ -230,6 +232,15 @@ def project_grouped(
         energy_removed=removed / total_sq if total_sq > _TINY else 0.0,
         n_groups=n_groups,
     )
+
+
+def _add_scaled_(t: Tensor, r: Tensor, alpha: float) -> None:
+    """``t += alpha · r`` in place; half-precision tensors (bf16, fp16) are computed in float32
+    and rounded once, so the result is the float32 value to the storage dtype's rounding."""
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t.copy_(torch.add(t.float(), r.float(), alpha=alpha))
+    else:
+        t.add_(r.to(t.dtype), alpha=alpha)
 
 
 def _check_pair(a: Grads, b: Grads) -> None:

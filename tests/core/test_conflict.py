@@ -209,3 +209,34 @@ def test_property_per_layer_leaves_no_projected_group_in_conflict(pairs, thresho
             assert float(grad_dot([r.grads[i]], [g_r[i]])) >= -1e-6
         else:
             assert torch.equal(r.grads[i], g_t[i])
+
+
+def test_bf16_gradients_statistics_in_fp32_and_the_combination_to_bf16_rounding():
+    """Parameters (so gradients) in bf16: dot, cos and norms are accumulated in float32 and
+    equal an fp32 reference on the same gradients; the projected, combined gradient equals the
+    fp32 reference rounded to bf16 (one rounding: at most half a bf16 ulp per element, plus
+    the float32 accumulation noise)."""
+    from craft_plugin.core.conflict import conflict_stats, project_grouped
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(64, 32), (32,), (16, 64), (8, 8, 3), (5,)]
+    g_task = [torch.randn(s, generator=gen).bfloat16() for s in shapes]
+    g_ret = [(-0.8 * t.float() + 0.3 * torch.randn(t.shape, generator=gen)).bfloat16() for t in g_task]
+    ref_t, ref_r = [t.double() for t in g_task], [r.double() for r in g_ret]
+
+    stats = conflict_stats(g_task, g_ret)
+    assert stats.dot.dtype == torch.float32 and stats.cos.dtype == torch.float32
+    dot = sum(float((a * b).sum()) for a, b in zip(ref_t, ref_r))
+    sq_t, sq_r = sum(float((a * a).sum()) for a in ref_t), sum(float((b * b).sum()) for b in ref_r)
+    assert float(stats.dot) == pytest.approx(dot, rel=1e-5)
+    assert float(stats.cos) == pytest.approx(dot / (sq_t * sq_r) ** 0.5, rel=1e-5)
+    assert float(stats.cos) < -0.5, "a real conflict, so the projection acts"
+
+    lam = 0.7  # the hook's path: projection and combination fused, per tensor
+    res = project_grouped(g_task, g_ret, None, threshold=-0.1, combine_lambda=lam)
+    assert res.conflict and res.projected_frac == 1.0
+    for got, t, r in zip(res.grads, ref_t, ref_r, strict=True):
+        assert got.dtype == torch.bfloat16
+        reference = t - (dot / sq_r) * r + lam * r  # fp64 on the same gradients
+        half_ulp = torch.finfo(torch.bfloat16).eps / 2 * reference.abs()  # round-to-nearest: <= half an ulp
+        assert ((got.double() - reference).abs() <= half_ulp * 1.001 + 1e-6).all()

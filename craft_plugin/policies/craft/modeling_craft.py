@@ -26,6 +26,7 @@ and exits 1, not a traceback, and Python code can catch it by name.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -168,7 +169,7 @@ class CRaFTPolicy(PreTrainedPolicy):
                 [(n, p) for n, p in self.base.named_parameters() if p.requires_grad],
                 self.config.craft,
                 total_steps=total,
-                reduce_fn=_mean_over_processes,
+                reduce_fn=functools.partial(_mean_over_processes, device=_training_device(self.base)),
             )
             if self._pending_state is not None:
                 self._load_craft_state(self._pending_state)
@@ -266,8 +267,8 @@ class CRaFTPolicy(PreTrainedPolicy):
             "schedule": state["schedule"],
         }
         if self._retention is not None:
-            gen = self._retention.state_dict()["sampler"]["generator"]
-            out["sampler_generator"] = gen.tolist()
+            # every rank draws once per retention step: the count restores each rank's own sampler
+            out["sampler_draws"] = int(self._retention.state_dict()["sampler"]["draws"])
         return out
 
     def _load_craft_state(self, state: dict[str, Any]) -> None:
@@ -279,10 +280,13 @@ class CRaFTPolicy(PreTrainedPolicy):
                 "schedule": state["schedule"],
             }
         )
-        if self._retention is not None and "sampler_generator" in state:
-            self._retention.load_state_dict(
-                {"sampler": {"generator": torch.tensor(state["sampler_generator"], dtype=torch.uint8)}}
-            )
+        if self._retention is not None and "sampler_draws" in state:
+            self._retention.load_state_dict({"sampler": {"draws": int(state["sampler_draws"])}})
+        elif self._retention is not None and "sampler_generator" in state:
+            logger.warning(
+                "CRaFT: %s was saved by an older craft-plugin (one generator state, rank 0's): the anchor "
+                "sampler restarts from its seed", CRAFT_STATE_FILE,
+            )  # fmt: skip
 
     def _write_craft_state(self, save_directory: Path) -> None:
         """``craft_state.json`` next to the weights; called by ``CRaFTConfig._save_pretrained``
@@ -361,9 +365,38 @@ def _is_main_process() -> bool:
     return _rank() == 0
 
 
-def _mean_over_processes(value: float) -> float:
+def _training_device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _served_device_types(backend: str) -> set[str]:
+    """Device types a process group's backend takes tensors of: ``"nccl"`` → {cuda}, ``"gloo"``
+    → {cpu, cuda}, a mapping such as ``"cpu:gloo,cuda:nccl"`` → its device types."""
+    if ":" in backend:
+        return {part.split(":", 1)[0].strip() for part in backend.split(",") if part.strip()}
+    return set(torch.distributed.Backend.backend_capability.get(backend.lower(), ["cpu"]))
+
+
+def reduction_device(backend: str, training_device: torch.device) -> torch.device:
+    """Where a collective of the default group must put its tensor: the training device when the
+    backend serves its type (NCCL takes CUDA tensors only), else the CPU when it serves that."""
+    served = _served_device_types(backend)
+    if training_device.type in served:
+        return training_device
+    if "cpu" in served:
+        return torch.device("cpu")
+    raise RuntimeError(
+        f"the process group's backend {backend!r} serves {sorted(served)} tensors, neither the training "
+        f"device {training_device} nor the CPU: CRaFT cannot average L_ret over processes"
+    )
+
+
+def _mean_over_processes(value: float, device: torch.device | str = "cpu") -> float:
+    """``value`` averaged over the processes of the default group (the value itself outside one),
+    on a device the group's backend serves (:func:`reduction_device`)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = torch.tensor([value], dtype=torch.float64)
+        where = reduction_device(str(torch.distributed.get_backend()), torch.device(device))
+        t = torch.tensor([value], dtype=torch.float64, device=where)
         torch.distributed.all_reduce(t)
         return float(t.item()) / torch.distributed.get_world_size()
     return value
