@@ -290,11 +290,14 @@ def test_cache_from_another_policy_type_and_layers_stops_before_step_1(world, tm
 
 
 def test_two_process_run_keeps_lambda_and_weights_identical_across_ranks(world, tmp_path):
-    """torchrun, 2 CPU processes (gloo): L_ret is averaged over ranks before the dual step."""
+    """`accelerate launch` (LeRobot's documented way), 2 CPU processes: `--multi_gpu` starts them
+    through torch's elastic launcher and ACCELERATE_USE_CPU=true makes each a CPU (gloo) rank.
+    L_ret is averaged over ranks before the dual step; each rank draws its own anchors."""
     probe_dir = tmp_path / "probe"
     probe_dir.mkdir()
     cmd = [
-        str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29577",
+        str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29577",
         str(Path(__file__).with_name("train_probe.py")), *_craft_args(world), "--policy.craft.lambda_lr=0.5",
         "--policy.push_to_hub=false", "--policy.device=cpu", "--dataset.repo_id=local/tiny",
         f"--dataset.root={world / 'data'}", f"--output_dir={tmp_path / 'run'}", "--steps=5", "--batch_size=2",
@@ -309,6 +312,7 @@ def test_two_process_run_keeps_lambda_and_weights_identical_across_ranks(world, 
     assert len(r0["lambda"]) == 5 and r0["lambda"] == r1["lambda"]
     assert len(set(r0["lambda"])) > 1, "λ must have moved"
     assert r0["weights_sha256"] == r1["weights_sha256"]
+    assert (r0["sampler"], r1["sampler"]) == ({"seed": 0, "draws": 5}, {"seed": 1, "draws": 5})
 
 
 def test_lora_run_trains_with_craft_and_changes_only_adapter_weights(world, tmp_path):

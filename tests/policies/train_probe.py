@@ -5,9 +5,10 @@ writes what it saw to $CRAFT_PROBE_DIR/rank<R>.json (R = $RANK, else 0):
 * ``weights_sha256``: a hash of every trainable weight at the end (compared across DDP ranks);
 * ``lora_merged.safetensors``: for every LoRA layer, ``base_layer.weight + delta`` as PEFT computes it;
 * ``changed``: names of the base policy's parameters that differ from their values at the first
-  training step, and ``trainable``: the names of those that take gradients (the LoRA test).
+  training step, and ``trainable``: the names of those that take gradients (the LoRA test);
+* ``sampler``: the anchor sampler's state (its seed is the rank's own).
 
-Used by the DDP test (through torchrun) and the LoRA test (plain subprocess).
+Used by the DDP test (through `accelerate launch`) and the LoRA test (plain subprocess).
 """
 
 import atexit
@@ -60,6 +61,7 @@ def _dump() -> None:
         "changed": sorted(n for n, p in now.items() if n in before and not torch.equal(p.detach(), before[n])),
         "trainable": sorted(n for n, p in now.items() if p.requires_grad),
         "total": len(now),
+        "sampler": policy._retention.state_dict()["sampler"] if policy._retention is not None else None,
     }
     merged = {}
     for name, module in policy.base.named_modules():
