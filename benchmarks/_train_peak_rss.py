@@ -1,5 +1,7 @@
 """Runs LeRobot's own train entry point (what `lerobot-train` runs) in this process, then prints
-this process's peak resident memory: ``PEAK_RSS_MB <value>``. Used by step_overhead.py."""
+this process's peak resident memory: ``PEAK_RSS_MB <value>`` (and ``PEAK_CUDA_MB <value>``, the
+peak of ``torch.cuda.max_memory_allocated``, when CUDA was used). Used by step_overhead.py and
+full_size.py."""
 
 import resource
 import sys
@@ -10,3 +12,7 @@ if __name__ == "__main__":
 
     main()
     print(f"PEAK_RSS_MB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}", flush=True)
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        print(f"PEAK_CUDA_MB {torch.cuda.max_memory_allocated() / 2**20:.1f}", flush=True)

@@ -82,7 +82,13 @@ def make_world(root: Path, frames: int, size: int) -> tuple[Path, Path]:
     return root / "data", out
 
 
-def bare_loop(data: Path, policy_dir: Path, anchors: int, batch_size: int, workers: int, seed: int) -> float:
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def bare_loop(
+    data: Path, policy_dir: Path, anchors: int, batch_size: int, workers: int, seed: int, device: str = "cpu",
+    dtype: str = "float32",
+) -> float:  # fmt: skip
     """Seconds for: load anchor frames, preprocess, teacher features. Nothing stored."""
     from lerobot.configs.policies import PreTrainedConfig
     from lerobot.datasets.factory import resolve_delta_timestamps
@@ -93,19 +99,26 @@ def bare_loop(data: Path, policy_dir: Path, anchors: int, batch_size: int, worke
 
     t0 = time.perf_counter()
     cfg = PreTrainedConfig.from_pretrained(str(policy_dir))
-    policy = get_policy_class(cfg.type).from_pretrained(str(policy_dir), config=cfg).eval()
+    cfg.device = device
+    policy = get_policy_class(cfg.type).from_pretrained(str(policy_dir), config=cfg).to(device).eval()
+    autocast = torch.autocast(torch.device(device).type, dtype=_DTYPES[dtype], enabled=dtype != "float32")
     pre, _ = make_pre_post_processors(cfg, pretrained_path=str(policy_dir))
     meta = LeRobotDataset("local/bench", root=data)
     ds = LeRobotDataset("local/bench", root=data, delta_timestamps=resolve_delta_timestamps(cfg, meta.meta))
     idx = sorted(torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:anchors].tolist())
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=batch_size, num_workers=workers)
-    with make_tap(policy) as tap, torch.no_grad():
+    with make_tap(policy) as tap, torch.no_grad(), autocast:
         for raw in loader:
             tap.features(pre(raw), [-2, -1], list(tap.default_pooling))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
-def build(data: Path, policy_dir: Path, out: Path, anchors: int, batch_size: int, workers: int, seed: int) -> float:
+def build(
+    data: Path, policy_dir: Path, out: Path, anchors: int, batch_size: int, workers: int, seed: int, device: str = "cpu",
+    dtype: str = "float32",
+) -> float:  # fmt: skip
     from craft_plugin.cache.builder import BuildOptions, build_cache
 
     shutil.rmtree(out, ignore_errors=True)
@@ -114,6 +127,7 @@ def build(data: Path, policy_dir: Path, out: Path, anchors: int, batch_size: int
         BuildOptions(
             policy_path=str(policy_dir), output_dir=str(out), dataset_root=str(data), dataset_repo_id="local/bench",
             num_anchors=anchors, batch_size=batch_size, num_workers=workers, seed=seed, shard_size=64,
+            device=device, dtype=dtype,
         ),
         progress=False,
     )  # fmt: skip
@@ -129,20 +143,28 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (the teacher's device, both sides)")
+    p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES), help="teacher pass dtype (autocast), both sides")
+    p.add_argument("--dry-run", action="store_true", help="check the arguments and exit")
     args = p.parse_args()
+    if args.dry_run:
+        print(f"cache_build.py --dry-run: arguments ok (device {args.device}, dtype {args.dtype})")
+        return
     torch.set_num_threads(args.threads)
+    dev = {"device": args.device, "dtype": args.dtype}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         os.environ.setdefault("HF_HOME", str(root / "hf"))
         data, policy_dir = make_world(root, args.frames, args.size)
-        bare_loop(data, policy_dir, min(16, args.anchors), args.batch_size, args.workers, 1)  # warm-up
+        bare_loop(data, policy_dir, min(16, args.anchors), args.batch_size, args.workers, 1, **dev)  # warm-up
         bare_s, build_s = [], []
         for _ in range(args.repeats):
-            bare_s.append(bare_loop(data, policy_dir, args.anchors, args.batch_size, args.workers, 0))
-            build_s.append(build(data, policy_dir, root / "cache", args.anchors, args.batch_size, args.workers, 0))
+            bare_s.append(bare_loop(data, policy_dir, args.anchors, args.batch_size, args.workers, 0, **dev))
+            build_s.append(build(data, policy_dir, root / "cache", args.anchors, args.batch_size, args.workers, 0, **dev))
         size = sum(f.stat().st_size for f in (root / "cache").iterdir())
     b, c = statistics.median(bare_s), statistics.median(build_s)
-    print(f"machine: {platform.machine()} {platform.processor() or ''} | torch {torch.__version__} | threads={torch.get_num_threads()} | python {sys.version.split()[0]}")
+    where = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"{platform.machine()} {platform.processor() or ''}"
+    print(f"machine: {where} | device {args.device}, {args.dtype} | torch {torch.__version__} | threads={torch.get_num_threads()} | python {sys.version.split()[0]}")
     print(f"teacher: ACT dim 256, 4 encoder layers, ResNet-18, {args.size}x{args.size} images | {args.anchors} anchors, batch {args.batch_size}, workers {args.workers}")
     print(f"bare teacher loop: {args.anchors / b:.1f} anchors/s ({b:.2f} s) | craft build-cache: {args.anchors / c:.1f} anchors/s ({c:.2f} s) | medians of {args.repeats}")
     print(f"throughput ratio build-cache / bare loop: {b / c:.3f} (goal >= 0.9)")

@@ -44,7 +44,13 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    ap.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the model's)")
+    ap.add_argument("--dry-run", action="store_true", help="check the arguments and exit")
     args = ap.parse_args()
+    if args.dry_run:
+        print(f"mcq_speed.py --dry-run: arguments ok (device {args.device}, dtype {args.dtype or 'default'})")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -59,7 +65,7 @@ def main() -> None:
         root = Path(tmp)
         build_tiny_smolvlm(root / "vlm", image_size=args.image_size, width=args.width, layers=args.layers)
         data = load_mcq(make_scene_mcq(root / "set", args.questions, seed=0, image_size=args.image_size))
-        adapter = load_adapter(str(root / "vlm"))
+        adapter = load_adapter(str(root / "vlm"), device=args.device, dtype=args.dtype)
         questions = data.questions
         n_params = sum(p.numel() for p in adapter.module.parameters())
         prefix = adapter.encode(load_image(questions[0].image), questions[0].question)
@@ -79,7 +85,7 @@ def main() -> None:
         )
 
     naive, shared = statistics.median(times["naive"]), statistics.median(times["shared"])
-    cpu = platform.processor() or platform.machine()
+    cpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or platform.machine()
     print(f"machine: {platform.system()} {platform.machine()} ({cpu}), {os.cpu_count()} CPU cores, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"model: SmolVLM from config, {n_params / 1e6:.1f}M parameters (text width {args.width}, {args.layers} layers, "

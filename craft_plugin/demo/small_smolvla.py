@@ -55,6 +55,7 @@ class VLMSizes:
     vision_intermediate: int | None = None  #: default 2 x vision_hidden
     max_positions: int = 512
     rms_norm_eps: float = 1e-5
+    vocab_size: int | None = None  #: default: the tokenizer's size (a larger one pads the embedding)
 
     @property
     def image_tokens(self) -> int:
@@ -97,7 +98,7 @@ def build_vlm_folder(folder: str | os.PathLike[str], sizes: VLMSizes = VLMSizes(
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
     text_config = {
         "model_type": "llama",
-        "vocab_size": len(tokenizer),
+        "vocab_size": max(len(tokenizer), sizes.vocab_size or 0),
         "hidden_size": sizes.text_hidden,
         "intermediate_size": sizes.text_intermediate or 2 * sizes.text_hidden,
         "num_hidden_layers": sizes.text_layers,
