@@ -6,19 +6,16 @@
 
 The dataset (2 episodes x 12 frames, one 64x64 camera, 4-d state and action) is written with
 `LeRobotDataset.create`; the teacher is a tiny ACT built from a config (no download) and saved
-as a LeRobot `pretrained_model` folder. Both come from the test suite's builders.
+as a LeRobot `pretrained_model` folder (:mod:`craft_plugin.demo.tiny_world`, which the test
+suite builds its tiny world with too).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from support.tiny_classic import make_tiny_act  # noqa: E402
-from support.tiny_dataset import make_dataset, save_policy  # noqa: E402
+from craft_plugin.demo.tiny_world import write_tiny_world
 
 
 def main() -> None:
@@ -27,9 +24,8 @@ def main() -> None:
     args = p.parse_args()
     if args.folder.exists() and any(args.folder.iterdir()):
         p.error(f"{args.folder} exists and is not empty")
-    make_dataset(args.folder / "data")
-    save_policy(*make_tiny_act(seed=0), args.folder / "act")
-    print(f"dataset: {args.folder / 'data'}\nteacher: {args.folder / 'act'}")
+    data, act = write_tiny_world(args.folder)
+    print(f"dataset: {data}\nteacher: {act}")
 
 
 if __name__ == "__main__":

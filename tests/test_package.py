@@ -71,3 +71,66 @@ def test_build_cache_help_lists_every_option():
 def test_build_cache_rejects_a_bad_layer_list(tmp_path):
     res = CliRunner().invoke(app, ["build-cache", "--policy.path=x", f"--output-dir={tmp_path}", "--layers=a,b"])
     assert res.exit_code == 2 and "comma-separated list of integers" in res.output
+
+
+#: The rooms, lowest first (ARCHITECTURE.md: cli → demo → mcq, policies → retention → cache,
+#: taps, hook → core, config): a module imports only from its own room or a lower rank; two rooms
+#: of one rank do not import each other. Within a level the order is what the code needs: the
+#: cache builder runs the taps, and `craft eval-mcq` loads craft checkpoints (mcq → policies).
+#: ``craft_plugin`` itself (the public surface: CraftHook, CraftConfig, __version__) may be
+#: imported from anywhere.
+ROOM_RANK = {
+    "config": 0, "core": 1, "hook": 2, "taps": 2, "cache": 3, "retention": 4, "policies": 5, "mcq": 6,
+    "demo": 7, "cli": 8,
+}  # fmt: skip
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """Every craft_plugin module ``path`` imports (top level or inside functions), with its line."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = ".".join(path.relative_to(Path(craft_plugin.__file__).parents[1]).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against the module's package
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            found += [(node.lineno, base)] + [(node.lineno, f"{base}.{a.name}") for a in node.names if base == "craft_plugin"]
+    return [(line, name) for line, name in found if name == "craft_plugin" or name.startswith("craft_plugin.")]
+
+
+def _room(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in ROOM_RANK else None
+
+
+def test_imports_run_one_way_for_the_whole_package():
+    root = Path(craft_plugin.__file__).parent
+    files = sorted(root.rglob("*.py"))
+    assert len(files) > 30
+    bad = []
+    for path in files:
+        mine = _room("craft_plugin." + ".".join(path.relative_to(root).with_suffix("").parts))
+        if mine is None:  # craft_plugin/__init__.py: the public surface imports hook and config
+            continue
+        for line, target in _imports(path):
+            room = _room(target)
+            if room is None or room == mine:
+                continue
+            if ROOM_RANK[room] >= ROOM_RANK[mine]:
+                bad.append(f"{path.relative_to(root)}:{line} ({mine}) imports {target} ({room})")
+    assert not bad, "imports that run upwards or sideways:\n" + "\n".join(bad)
+
+
+def test_examples_and_benchmarks_do_not_reach_into_tests():
+    repo = Path(craft_plugin.__file__).parents[1]
+    offenders = [
+        str(p.relative_to(repo)) for folder in ("examples", "benchmarks") for p in (repo / folder).glob("*.py")
+        if "tests" in p.read_text(encoding="utf-8") and ("sys.path" in p.read_text(encoding="utf-8") or "from support" in p.read_text(encoding="utf-8"))
+    ]  # fmt: skip
+    assert offenders == []

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from craft_plugin.demo.small_smolvla import SPECIAL_TOKENS, VLMSizes, build_vlm_folder
+from craft_plugin.mcq.smolvlm_folder import SPECIAL_TOKENS, VLMSizes, build_vlm_folder
 
 __all__ = ["build_tiny_smolvlm", "make_example"]
 

@@ -21,6 +21,17 @@ from typing import Any, Literal
 
 import torch
 
+from craft_plugin.demo.tiny_world import (  # the tiny ACT and its features are the package's own
+    ACT_CHUNK,
+    ACTION_DIM,
+    CAMERA,
+    IMAGE_SHAPE,
+    STATE_DIM,
+    build_policy,
+    make_tiny_act,
+    policy_features,
+)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 __all__ = [
@@ -38,90 +49,10 @@ __all__ = [
 
 PolicyKind = Literal["act", "diffusion"]
 
-CAMERA = "observation.images.top"
-IMAGE_SHAPE = (3, 64, 64)
-STATE_DIM = 4
-ACTION_DIM = 4
-
-# ACT: chunk of 6 actions; Diffusion: 2 observation steps, horizon 8 (multiple of 2**len(down_dims)).
-ACT_CHUNK = 6
+# ACT (craft_plugin.demo.tiny_world): chunk of 6 actions; Diffusion: 2 observation steps,
+# horizon 8 (multiple of 2**len(down_dims)).
 DIFFUSION_N_OBS = 2
 DIFFUSION_HORIZON = 8
-
-
-def _features() -> tuple[dict[str, Any], dict[str, Any]]:
-    from lerobot.configs.types import FeatureType, PolicyFeature
-
-    inputs = {
-        CAMERA: PolicyFeature(type=FeatureType.VISUAL, shape=IMAGE_SHAPE),
-        "observation.state": PolicyFeature(type=FeatureType.STATE, shape=(STATE_DIM,)),
-    }
-    outputs = {"action": PolicyFeature(type=FeatureType.ACTION, shape=(ACTION_DIM,))}
-    return inputs, outputs
-
-
-def _stats() -> dict[str, dict[str, torch.Tensor]]:
-    """Made-up dataset statistics with every key either normalization mode may read."""
-    c = IMAGE_SHAPE[0]
-
-    def vec(n: int, lo: float, hi: float, mean: float, std: float) -> dict[str, torch.Tensor]:
-        return {
-            "min": torch.full((n,), lo),
-            "max": torch.full((n,), hi),
-            "mean": torch.full((n,), mean),
-            "std": torch.full((n,), std),
-        }
-
-    image = {
-        "min": torch.zeros(c, 1, 1),
-        "max": torch.ones(c, 1, 1),
-        "mean": torch.tensor([0.485, 0.456, 0.406]).reshape(c, 1, 1),
-        "std": torch.tensor([0.229, 0.224, 0.225]).reshape(c, 1, 1),
-    }
-    return {
-        CAMERA: image,
-        "observation.state": vec(STATE_DIM, -1.0, 1.0, 0.1, 0.5),
-        "action": vec(ACTION_DIM, -1.0, 1.0, -0.1, 0.4),
-    }
-
-
-def _build(config: Any, seed: int) -> tuple[Any, Any, Any]:
-    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
-
-    torch.manual_seed(seed)
-    policy = get_policy_class(config.type)(config)
-    policy.to(config.device)
-    preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=_stats())
-    policy.eval()
-    return policy, preprocessor, postprocessor
-
-
-def make_tiny_act(
-    seed: int = 0, n_encoder_layers: int = 3, use_vae: bool = True, dropout: float = 0.1
-) -> tuple[Any, Any, Any]:
-    """A ~11M-parameter ACT (ResNet-18 from scratch, dim 32) in eval mode: (policy, pre, post)."""
-    from lerobot.policies.act.configuration_act import ACTConfig
-
-    inputs, outputs = _features()
-    config = ACTConfig(
-        input_features=inputs,
-        output_features=outputs,
-        device="cpu",
-        chunk_size=ACT_CHUNK,
-        n_action_steps=ACT_CHUNK,
-        pretrained_backbone_weights=None,
-        dim_model=32,
-        n_heads=4,
-        dim_feedforward=64,
-        n_encoder_layers=n_encoder_layers,
-        n_decoder_layers=1,
-        use_vae=use_vae,
-        latent_dim=8,
-        n_vae_encoder_layers=1,
-        dropout=dropout,
-        push_to_hub=False,
-    )
-    return _build(config, seed)
 
 
 def make_tiny_diffusion(seed: int = 0, use_group_norm: bool = True) -> tuple[Any, Any, Any]:
@@ -131,7 +62,7 @@ def make_tiny_diffusion(seed: int = 0, use_group_norm: bool = True) -> tuple[Any
     """
     from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
 
-    inputs, outputs = _features()
+    inputs, outputs = policy_features()
     config = DiffusionConfig(
         input_features=inputs,
         output_features=outputs,
@@ -153,7 +84,7 @@ def make_tiny_diffusion(seed: int = 0, use_group_norm: bool = True) -> tuple[Any
         num_inference_steps=4,
         push_to_hub=False,
     )
-    return _build(config, seed)
+    return build_policy(config, seed)
 
 
 def make_tiny(kind: PolicyKind, seed: int = 0, **kwargs: Any) -> tuple[Any, Any, Any]:
