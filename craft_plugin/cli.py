@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +26,29 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
+class OneLineTorchcodecWarning(logging.Filter):
+    """LeRobot logs torchcodec's whole load failure (~30 lines with a traceback, on every start of
+    a machine without FFmpeg's libraries) before it falls back to pyav. Keep the warning, in one
+    line that says what happens and where the details are; any other record passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "torchcodec" in message and "Falling back to 'pyav'" in message and "\n" in message:
+            record.msg = (
+                "torchcodec cannot load its FFmpeg libraries here, so LeRobot decodes video with pyav "
+                "(the details: python -c 'import torchcodec')"
+            )
+            record.args = ()
+        return True
+
+
+def quiet_torchcodec_warning() -> None:
+    """Install :class:`OneLineTorchcodecWarning` on LeRobot's import-utils logger (idempotent)."""
+    target = logging.getLogger("lerobot.utils.import_utils")
+    if not any(isinstance(f, OneLineTorchcodecWarning) for f in target.filters):
+        target.addFilter(OneLineTorchcodecWarning())
+
+
 @app.callback()
 def main(
     version: Annotated[
@@ -32,6 +56,7 @@ def main(
     ] = False,
 ) -> None:
     """CRaFT (Constrained Retention Fine-Tuning) for LeRobot policies."""
+    quiet_torchcodec_warning()
 
 
 @app.command("config")

@@ -134,3 +134,25 @@ def test_examples_and_benchmarks_do_not_reach_into_tests():
         if "tests" in p.read_text(encoding="utf-8") and ("sys.path" in p.read_text(encoding="utf-8") or "from support" in p.read_text(encoding="utf-8"))
     ]  # fmt: skip
     assert offenders == []
+
+
+def test_lerobots_torchcodec_warning_is_one_line_and_other_records_pass(caplog):
+    import logging
+
+    from craft_plugin.cli import quiet_torchcodec_warning
+
+    quiet_torchcodec_warning()
+    quiet_torchcodec_warning()  # idempotent
+    log = logging.getLogger("lerobot.utils.import_utils")
+    assert sum(type(f).__name__ == "OneLineTorchcodecWarning" for f in log.filters) == 1
+    noise = ("Could not load libtorchcodec. Likely causes:\n  1. FFmpeg is not properly installed\n"
+             "[start of libtorchcodec loading traceback]\nTraceback (most recent call last):\n  ...\n"
+             "[end of libtorchcodec loading traceback].\n'torchcodec' is installed but cannot be loaded "
+             "(see the error above). Falling back to 'pyav' as a default decoder.")  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="lerobot.utils.import_utils"):
+        log.warning(noise)
+        log.warning("another warning\nwith two lines")
+    first, second = (r.getMessage() for r in caplog.records)
+    assert first.startswith("torchcodec cannot load its FFmpeg libraries here, so LeRobot decodes video with pyav")
+    assert "\n" not in first and "Traceback" not in first
+    assert second == "another warning\nwith two lines"
