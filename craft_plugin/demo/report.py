@@ -3,15 +3,18 @@
 What a run directory holds (the demo writes it; every file is optional but ``eval.json`` or a
 log must be there):
 
-* ``train.log`` — ``lerobot-train``'s console output, tee'd by the demo. Lines such as
-  ``step:4 smpl:16 ep:1 epch:0.50 loss:0.123 grdn:1.2 lr:1.0e-05 updt_s:0.2 data_s:0.0``
-  give the task-loss curve of *every* run (a ``craft`` run logs its task loss as ``loss``).
-  LeRobot prints ``step`` with a K/M suffix from 1000 on (``step:2K``); such steps are rebuilt
-  from the logging interval seen before (see :func:`parse_train_log`).
 * ``craft_metrics.jsonl`` (in ``RUN_DIR`` or one folder below it, e.g. the ``--output_dir``
-  ``RUN_DIR/train``) — ``craft`` runs only: one JSON object per logged step (``step``,
-  ``L_task``, ``lambda``, ``epsilon``, ``retention_step`` and, on retention steps, ``L_ret``,
-  ``dot``, ``cos``, ``conflict``, ``proj_frac``, ``energy_removed``, ``nonfinite``).
+  ``RUN_DIR/train``) — ``craft`` runs: one JSON object per logged step (``step``, ``L_task``,
+  ``lambda``, ``epsilon``, ``retention_step`` and, on retention steps, ``L_ret``, ``dot``,
+  ``cos``, ``conflict``, ``proj_frac``, ``energy_removed``, ``nonfinite``). It is the source of
+  everything it holds, the task-loss curve included (exact steps and values).
+* ``train.log`` — ``lerobot-train``'s console output, tee'd by the demo: the documented
+  fallback for what no structured file holds. A plain LeRobot run (``--policy.path``, wandb
+  off) writes its per-step losses nowhere else, so its task-loss curve comes from lines such as
+  ``step:4 smpl:16 ep:1 epch:0.50 loss:0.123 grdn:1.2 lr:1.0e-05 updt_s:0.2 data_s:0.0``.
+  LeRobot prints ``step`` with a K/M suffix from 1000 on (``step:2K``) and rounds values to 3
+  decimals; such steps are rebuilt from the logging interval seen before
+  (:func:`parse_train_log`). A run with a ``craft_metrics.jsonl`` never reads its log.
 * ``eval.json`` — this module's schema (version 1), written with :func:`update_eval_json`::
 
     {
@@ -267,12 +270,13 @@ class RunData:
         return self.method if self.seed is None else f"{self.method} (seed {self.seed})"
 
     def loss_curve(self) -> tuple[list[float], list[float], str]:
-        """``(steps, task loss, source)``: the log's ``loss``, else the jsonl's ``L_task``."""
-        pts = [(r["step"], r["loss"]) for r in self.log_rows if _number(r.get("loss")) is not None]
-        if pts:
-            return [p[0] for p in pts], [p[1] for p in pts], LOG_FILE
+        """``(steps, task loss, source)``: the jsonl's ``L_task`` (structured, exact), else the
+        console log's ``loss`` (the fallback for plain runs)."""
         pts = [(r["step"], r["L_task"]) for r in self.metrics_rows if _number(r.get("L_task")) is not None]
-        return [float(p[0]) for p in pts], [float(p[1]) for p in pts], METRICS_FILE
+        if pts:
+            return [float(p[0]) for p in pts], [float(p[1]) for p in pts], METRICS_FILE
+        pts = [(r["step"], r["loss"]) for r in self.log_rows if _number(r.get("loss")) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts], LOG_FILE
 
     def final_loss(self) -> float | None:
         _, losses, _ = self.loss_curve()
@@ -320,9 +324,11 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunData:
             raise ValueError(f"{path / EVAL_FILE} is not valid JSON: {err}") from err
         if not isinstance(ev, dict):
             raise ValueError(f"{path / EVAL_FILE} must hold a JSON object")
-    log_rows = parse_train_log((path / LOG_FILE).read_text(errors="replace")) if (path / LOG_FILE).is_file() else []
     metrics_file = _find(path, METRICS_FILE)
     metrics = read_metrics_jsonl(metrics_file) if metrics_file is not None else []
+    # the console log only where nothing structured holds the losses (see the module docstring)
+    use_log = not any(_number(r.get("L_task")) is not None for r in metrics) and (path / LOG_FILE).is_file()
+    log_rows = parse_train_log((path / LOG_FILE).read_text(errors="replace")) if use_log else []
     if not ev and not log_rows and not metrics:
         raise FileNotFoundError(
             f"{path} holds none of {EVAL_FILE}, {LOG_FILE} (tee lerobot-train's output there) or {METRICS_FILE}"
@@ -367,6 +373,7 @@ def _method_rows(runs: Sequence[RunData], bases: Sequence[RunData]) -> list[dict
                 succ_forget.append(float(bsa["rate"]) - float(sa["rate"]))
         row: dict[str, Any] = {"method": method, "role": "base" if is_base else "finetune", "runs": len(group)}
         row["runs_dirs"] = [str(r.path) for r in group]
+        row["loss_source"] = sorted({r.loss_curve()[2] for r in group if r.loss_curve()[0]})
         for key, values in {
             "train_seconds": [_number(r.eval.get("train_seconds")) for r in group],
             "final_task_loss": [r.final_loss() for r in group],

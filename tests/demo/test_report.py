@@ -231,3 +231,19 @@ def test_relative_columns_pair_seeds_against_naive_and_craft_off(tmp_path: Path)
     rp.update_eval_json(lone, _eval("craft_hidden", "finetune", 0.2, 0.05, 1, 1) | {"seed": 7})
     res = rp.build_report([*dirs, lone], tmp_path / "rel2")
     assert {r["method"]: r for r in res.rows}["craft_hidden"]["forgetting_less_than_naive"]["n"] == 2
+
+
+def test_structured_metrics_come_first_and_the_console_log_is_the_fallback(runs: list[Path], tmp_path: Path) -> None:
+    """craft_hidden has both a train.log (rounded console values) and craft_metrics.jsonl: the
+    jsonl is read (L_task 2/8 at step 8) and the log not at all; naive has only its log."""
+    craft = runs[3]
+    (craft / "train.log").write_text("step:2K smpl:16 loss:9.999\nnot a log at all\n")
+    run = rp.load_run(craft)
+    steps, losses, source = run.loss_curve()
+    assert source == "craft_metrics.jsonl" and run.log_rows == []
+    assert steps == [float(s) for s in range(1, 9)] and losses[-1] == pytest.approx(0.25)
+    res = rp.build_report(runs, tmp_path / "r")
+    rows = {r["method"]: r for r in json.loads(res.json.read_text())["methods"]}
+    assert rows["craft_hidden"]["loss_source"] == ["craft_metrics.jsonl"]
+    assert rows["craft_hidden"]["final_task_loss"]["mean"] == pytest.approx(0.25)
+    assert rows["naive"]["loss_source"] == ["train.log"]
