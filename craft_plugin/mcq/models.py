@@ -32,6 +32,10 @@ Hugging Face ``AutoModelForImageTextToText`` folders (``HFAdapter``):
     with a chat template: ``apply_chat_template([{"role": "user", "content": [image,
     question]}], add_generation_prompt=True)``; without one: ``{image_token}{question}\\nAnswer:``.
     Continuation = ``tokenize(" " + choice)`` (leading space, no special tokens, no EOS).
+    PaliGemma (``PaliGemmaForConditionalGeneration``, the pi0 family's backbone): its processor
+    builds ``<image>×N <bos> {prompt}\n`` and returns ``token_type_ids`` (0 = prefix, attended
+    bidirectionally) and ``labels``; ``labels`` is dropped (scoring computes no loss) and the
+    continuation gets ``token_type_ids`` 1 (suffix: causal), PaliGemma's own prefix-LM layout.
 ``craft`` checkpoints — their base policy (``base/config.json`` and the ``base.``-prefixed
     weights), scored as that base's family.
 
@@ -206,11 +210,17 @@ class HFAdapter(MCQAdapter):
         image_token = getattr(self.processor, "image_token", None) or ""
         return f"{image_token}{question}\nAnswer:"
 
+    #: Processor outputs that are not model inputs when scoring (PaliGemma's processor returns
+    #: ``labels``, which would make the model compute a loss against the prompt's length).
+    _NOT_INPUTS = ("labels",)
+
     def encode(self, image: Any, question: str) -> Prefix:
         enc = self.processor(text=self.prompt(question), images=[image], return_tensors="pt")
         dtype = next(self.model.parameters()).dtype
         inputs: dict[str, Any] = {}
         for k, v in enc.items():
+            if k in self._NOT_INPUTS:
+                continue
             if isinstance(v, Tensor):
                 v = v.to(self.device)
                 if v.is_floating_point():
@@ -260,6 +270,9 @@ class HFAdapter(MCQAdapter):
         if mask is None:
             mask = torch.ones(rows, prefix.length, dtype=torch.long, device=self.device)
         inputs["attention_mask"] = torch.cat([mask, valid.to(mask.dtype)], dim=1)
+        if "token_type_ids" in inputs:  # PaliGemma: the continuation is the (causal) suffix
+            tti = inputs["token_type_ids"]
+            inputs["token_type_ids"] = torch.cat([tti, torch.ones_like(ids, dtype=tti.dtype)], dim=1)
         out = self._forward(**inputs, use_cache=False, logits_to_keep=width + 1)
         logits = out.logits
         return logits[:, -(width + 1) : -1]
@@ -268,6 +281,9 @@ class HFAdapter(MCQAdapter):
         rows = [prefix.inputs["input_ids"][0].tolist() + list(ids) for prefix, ids in items]
         ids, valid = _pad_right(rows, self.pad_id, self.device)
         inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": valid.long()}
+        if "token_type_ids" in items[0][0].inputs:  # PaliGemma: prefix 0, continuation and padding 1
+            types = [prefix.inputs["token_type_ids"][0].tolist() + [1] * len(c) for prefix, c in items]
+            inputs["token_type_ids"] = _pad_right(types, 1, self.device)[0]
         for key, value in items[0][0].inputs.items():
             if key in inputs or not isinstance(value, Tensor):
                 continue

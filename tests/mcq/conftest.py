@@ -50,6 +50,44 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory, vlm_folder: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def paligemma_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ``PaliGemmaForConditionalGeneration`` folder (the pi0 family's backbone, as a plain
+    Hugging Face model): the tests' word-level PaliGemma tokenizer plus ``<image>``, a SigLIP
+    image processor at 32x32 (16 image tokens), random weights."""
+    from transformers import (
+        AutoTokenizer,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessor,
+    )
+
+    from support.tiny_vla import _write_paligemma_tokenizer
+
+    out = tmp_path_factory.mktemp("hf-paligemma")
+    _write_paligemma_tokenizer(out / "tokenizer")
+    tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    if "<image>" not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    image_token = tok.convert_tokens_to_ids("<image>")
+    config = PaliGemmaConfig(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8, "projection_dim": 64},
+        text_config={"model_type": "gemma", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16, "vocab_size": len(tok)},
+        projection_dim=64, image_token_index=image_token,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        PaliGemmaForConditionalGeneration(config).save_pretrained(out)
+    processor = PaliGemmaProcessor(
+        image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}, image_seq_length=16), tokenizer=tok
+    )
+    processor.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def smolvla_ckpt(tmp_path_factory: pytest.TempPathFactory, vlm_folder: Path) -> Path:
     """A saved tiny smolvla ``pretrained_model`` folder (its VLM folder lives for the session)."""
     from support.tiny_smolvla import make_tiny_smolvla

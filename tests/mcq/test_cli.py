@@ -110,3 +110,18 @@ def test_compare_across_model_families_warns_about_tokenizations(hf_dir: Path, s
     assert json.loads(out.read_text())["warnings"][0].startswith("--compare: A is a hf model and B a smolvla model")
     same = _run("--policy.path", str(smolvla_ckpt), "--compare", str(smolvla_ckpt), "--data", str(scene_set), "--max-samples", "2")
     assert same.exit_code == 0 and "tokenizations" not in same.output
+
+
+def test_a_plain_hf_paligemma_folder_scores_as_its_naive_reference(paligemma_hf_dir: Path, scene_set: Path, tmp_path: Path):
+    """PaliGemmaForConditionalGeneration (pi0's backbone) as a plain HF folder: its processor's
+    `labels` are dropped and the choices are its causal suffix (token_type_ids 1)."""
+    shared, naive = tmp_path / "s.json", tmp_path / "n.json"
+    r = _run("--policy.path", str(paligemma_hf_dir), "--data", str(scene_set), "--max-samples", "4", "--output", str(shared))
+    assert r.exit_code == 0, r.output
+    r = _run("--policy.path", str(paligemma_hf_dir), "--data", str(scene_set), "--max-samples", "4", "--output", str(naive), "--naive")
+    assert r.exit_code == 0, r.output
+    s, n = json.loads(shared.read_text()), json.loads(naive.read_text())
+    assert s["checkpoints"]["A"]["family"] == "hf" and len(s["questions"]) == 4
+    for qs, qn in zip(s["questions"], n["questions"], strict=True):
+        assert qs["A"]["scores"] == pytest.approx(qn["A"]["scores"], abs=1e-4)
+        assert all(x < 0 for x in qs["A"]["scores"])
