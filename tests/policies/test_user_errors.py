@@ -317,3 +317,27 @@ def test_shards_get_the_manifests_file_mode(world):
     modes = {p.name: p.stat().st_mode & 0o777 for p in (world / "cache").iterdir()}
     assert modes["manifest.json"] == 0o666 & ~_umask()
     assert {m for n, m in modes.items() if n.startswith("shard_")} == {modes["manifest.json"]}
+
+
+# ------------------------------------------------------------------ the run's CRaFT state (issue 14.1)
+def test_the_run_state_is_data_on_the_config_saved_as_craft_state_json(world, tmp_path):
+    """No callback on the config: the policy keeps `config.run_state` current, and every save of
+    the config (plain or PEFT checkpoint) writes it; loading a checkpoint sets it back."""
+    from craft_plugin import CraftConfig
+    from craft_plugin.policies.craft.configuration_craft import CRaFTConfig
+    from craft_plugin.policies.craft.modeling_craft import CRaFTPolicy
+
+    cfg = CRaFTConfig(base_path=str(world / "act"), device="cpu", craft=CraftConfig(enabled=False))
+    cfg.save_pretrained(tmp_path / "fresh")
+    assert not (tmp_path / "fresh" / "craft_state.json").exists(), "no CRaFT step yet: nothing to save"
+    state = {"step": 7, "lambda": 1.25, "schedule": {"kind": "linear"}, "sampler_draws": 7}
+    cfg.run_state = dict(state)
+    cfg.save_pretrained(tmp_path / "saved")  # what LeRobot does with a PEFT checkpoint's config
+    assert json.loads((tmp_path / "saved" / "craft_state.json").read_text()) == state
+    assert "run_state" not in json.loads((tmp_path / "saved" / "config.json").read_text())
+
+    policy = _craft_policy(world)
+    policy.config.run_state = dict(state)
+    policy.save_pretrained(tmp_path / "ckpt")
+    loaded = CRaFTPolicy.from_pretrained(str(tmp_path / "ckpt"), config=CRaFTConfig.from_pretrained(str(tmp_path / "ckpt")))
+    assert loaded.config.run_state == state and loaded._pending_state == state

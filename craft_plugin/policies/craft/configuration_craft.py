@@ -56,11 +56,14 @@ import draccus
 import yaml
 from lerobot.configs.policies import PreTrainedConfig
 
+from craft_plugin.cache.shards import atomic_write_bytes
 from craft_plugin.config import CraftConfig
 
 logger = logging.getLogger(__name__)
 
 BASE_CONFIG_DIR = "base"
+#: The run's CRaFT state in a checkpoint, next to ``config.json`` (see ``CRaFTConfig.run_state``).
+CRAFT_STATE_FILE = "craft_state.json"
 NORMALIZATION_MODES = ("base", "dataset", "merged")
 
 
@@ -104,6 +107,13 @@ class CRaFTConfig(PreTrainedConfig):
                 f"--policy.base_options='{{train_expert_only: false}}'; got {self.base_options!r}"
             )
         self._base_config: PreTrainedConfig | None = None
+        #: The run's CRaFT state (``step``, ``lambda``, ``schedule``, ``sampler_draws``), kept
+        #: current by :class:`CRaFTPolicy` after every CRaFT step and set from ``craft_state.json``
+        #: when a checkpoint is loaded. Plain data, not a config field (not in ``config.json``):
+        #: :meth:`_save_pretrained` writes it as ``craft_state.json`` next to ``config.json``, which
+        #: LeRobot saves with every checkpoint, plain or PEFT (a PEFT checkpoint saves adapter
+        #: weights and this config, never the policy's own ``_save_pretrained``).
+        self.run_state: dict[str, Any] | None = None
 
     def _check_normalization(self) -> None:
         mode = str(self.normalization).strip().lower()
@@ -163,12 +173,8 @@ class CRaFTConfig(PreTrainedConfig):
         base_dir = Path(save_directory) / BASE_CONFIG_DIR
         base_dir.mkdir(parents=True, exist_ok=True)
         self.base_config._save_pretrained(base_dir)
-        # The live policy's CRaFT state (λ, step, schedule, sampler) rides with the config: with
-        # `--peft.*`, LeRobot saves only adapter weights and then this config, never calling the
-        # policy's own `_save_pretrained`.
-        writer = getattr(self, "_craft_state_writer", None)
-        if writer is not None and writer() is not None:
-            writer()(Path(save_directory))
+        if self.run_state is not None:  # see run_state: saved with plain and PEFT checkpoints alike
+            atomic_write_bytes(Path(save_directory) / CRAFT_STATE_FILE, json.dumps(self.run_state).encode())
 
     # ------------------------------------------------------------------ delegation
     @property

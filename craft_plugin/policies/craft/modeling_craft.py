@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import shlex
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +43,13 @@ from craft_plugin.cache.anchor_cache import AnchorCache
 from craft_plugin.cache.manifest import CacheError
 from craft_plugin.cache.shards import atomic_write_bytes, file_sha256
 from craft_plugin.hook import CraftHook
-from craft_plugin.policies.craft.configuration_craft import CRaFTConfig, CraftStartupError, base_weights_file
+from craft_plugin.policies.craft.configuration_craft import CRAFT_STATE_FILE, CRaFTConfig, CraftStartupError, base_weights_file
 from craft_plugin.retention import make_retention
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CRAFT_STATE_FILE", "METRICS_FILE", "CRaFTPolicy", "CraftStartupError"]
 
-CRAFT_STATE_FILE = "craft_state.json"
 METRICS_FILE = "craft_metrics.jsonl"
 
 
@@ -79,7 +77,6 @@ class CRaFTPolicy(PreTrainedPolicy):
         self._dataset_stats = dataset_stats
         self._student_preprocessor: Any = None
         self._hook: CraftHook | None = None
-        config._craft_state_writer = weakref.WeakMethod(self._write_craft_state)
         self._retention: Any = None
         self._pending_state: dict[str, Any] | None = None
         train_cfg = _train_config()
@@ -200,6 +197,7 @@ class CRaFTPolicy(PreTrainedPolicy):
             self._check_cache()  # a policy loaded from a checkpoint: its weights have moved on from the teacher's
         hook = self._ensure_hook()
         loss, metrics = hook.surrogate(task_loss, self._retention)
+        self.config.run_state = self.craft_state_dict()  # what the next checkpoint saves (CRaFTConfig.run_state)
         if "L_ret" in metrics and len(getattr(self._retention, "last_parts", {})) > 1:
             metrics.update({f"L_ret_{k}": v for k, v in self._retention.last_parts.items()})
         for key, value in metrics.items():
@@ -288,18 +286,13 @@ class CRaFTPolicy(PreTrainedPolicy):
                 "sampler restarts from its seed", CRAFT_STATE_FILE,
             )  # fmt: skip
 
-    def _write_craft_state(self, save_directory: Path) -> None:
-        """``craft_state.json`` next to the weights; called by ``CRaFTConfig._save_pretrained``
-        (so it is written with plain and with PEFT checkpoints alike)."""
-        if self.config.craft.enabled:
-            atomic_write_bytes(Path(save_directory) / CRAFT_STATE_FILE, json.dumps(self.craft_state_dict()).encode())
-
     @classmethod
     def from_pretrained(cls, pretrained_name_or_path: str | Path, *, config: Any = None, **kwargs: Any) -> Any:
         policy = super().from_pretrained(pretrained_name_or_path, config=config, **kwargs)
         state_file = Path(str(pretrained_name_or_path)) / CRAFT_STATE_FILE
         if state_file.is_file():
             policy._pending_state = json.loads(state_file.read_text())
+            policy.config.run_state = dict(policy._pending_state)  # a re-save before training keeps it
         return policy
 
 
