@@ -160,15 +160,6 @@ def save_policy(policy: Any, preprocessor: Any, postprocessor: Any, directory: P
     return directory
 
 
-def save_policy(policy: Any, preprocessor: Any, postprocessor: Any, directory: Path) -> Path:
-    """Write a LeRobot `pretrained_model`-style folder (config, weights, processors)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    policy.save_pretrained(directory)
-    preprocessor.save_pretrained(directory)
-    postprocessor.save_pretrained(directory)
-    return directory
-
-
 def write_tiny_world(folder: Path) -> tuple[Path, Path]:
     """A dataset (2 episodes x 12 frames) in ``folder/data`` and the seed-0 tiny ACT teacher in
     ``folder/act``; returns both paths."""
