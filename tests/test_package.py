@@ -20,7 +20,7 @@ def test_public_surface():
     from craft_plugin import CraftConfig, CraftHook  # noqa: F401
 
     assert set(craft_plugin.__all__) == {"CraftConfig", "CraftConfigError", "CraftHook", "__version__"}
-    assert craft_plugin.__version__ == "0.1.0"
+    assert craft_plugin.__version__ == "0.2.0"
 
 
 def test_core_and_hook_import_neither_lerobot_nor_transformers():
