@@ -10,7 +10,8 @@ import torch
 from craft_plugin import CraftConfig
 from craft_plugin.retention import HiddenRetention
 from support.policy_cache import cache_from_policy
-from support.tiny_classic import _stats, make_batch, make_tiny
+from craft_plugin.demo.tiny_world import made_up_stats as _stats
+from support.tiny_classic import make_batch, make_tiny
 
 
 def _student_preprocessor(policy, action_mean: float, action_std: float, state_shift: float = 0.0):

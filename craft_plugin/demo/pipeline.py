@@ -132,7 +132,7 @@ class DemoPlan:
     batch_size: int = 32
     lr: float | None = None  #: None: the family's (FAMILY_LR: smolvla 1e-3, act 3e-4)
     num_anchors: int | None = None  #: None: craft build-cache's default (every frame of task A)
-    #: CRaFT settings: None = not passed (CRaFT's default: anchor batch 8, ε_end 0.1, λ lr 0.01,
+    #: CRaFT settings: None = not passed (CRaFT's default: anchor batch 8, ε_end 0.05, λ lr 0.5,
     #: conflict threshold −0.1); nothing is tuned unless a field says so (QUICK sets only the batch)
     anchor_batch_size: int | None = None
     epsilon_end: float | None = None

@@ -55,10 +55,17 @@ def _craft_args(world: Path, *extra: str) -> list[str]:
     ]  # fmt: skip  (layers, pooling and anchor targets: the cache's defaults)
 
 
-def test_discover_packages_path_runs_craft_with_every_log_field(world, tmp_path):
-    res = _train(world, tmp_path / "run", *_craft_args(world))
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    """One 4-step craft run (way in (a)) shared by the tests that read its log and checkpoint."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    res = _train(world, run, *_craft_args(world))
     assert res.returncode == 0, res.stderr[-3000:]
-    log = res.stdout + res.stderr
+    return run, res.stdout + res.stderr
+
+
+def test_discover_packages_path_runs_craft_with_every_log_field(trained):
+    run, log = trained
     assert "CRaFT: enabled=True | mode=hidden | initial λ=1.0 | λ lr=0.5" in log
     steps = _steps(log)
     assert [int(s["step"]) for s in steps] == [1, 2, 3, 4]
@@ -67,13 +74,13 @@ def test_discover_packages_path_runs_craft_with_every_log_field(world, tmp_path)
         assert s["loss"] == s["L_task"], "the logged loss is the task loss"
     assert steps[0]["L_ret"] == 0.0, "step 1 from the teacher's own weights: L_ret = 0"
     assert steps[0]["epsilon"] == 0.1 and steps[-1]["epsilon"] == pytest.approx(0.0625, abs=1e-3)
-    jsonl = [json.loads(line) for line in (tmp_path / "run" / "craft_metrics.jsonl").read_text().splitlines()]
+    jsonl = [json.loads(line) for line in (run / "craft_metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in jsonl] == [1, 2, 3, 4]
     assert abs(jsonl[0]["L_ret"]) < 1e-5, "L_ret at step 1 is 0 to 1e-5"
     for r, s in zip(jsonl, steps, strict=True):
         assert all(f in r for f in FIELDS)
         assert r["lambda"] == pytest.approx(s["lambda"], abs=1e-3) and r["L_task"] == pytest.approx(s["L_task"], abs=1e-3)
-    ckpt = tmp_path / "run" / "checkpoints" / "000004" / "pretrained_model"
+    ckpt = run / "checkpoints" / "000004" / "pretrained_model"
     state = json.loads((ckpt / "craft_state.json").read_text())
     assert state["step"] == 4 and state["lambda"] == pytest.approx(steps[-1]["lambda"], abs=1e-3)
     assert (ckpt / "base" / "config.json").is_file()
@@ -199,10 +206,8 @@ print("plugin importable:", "craft_plugin" in sys.modules and sys.modules["craft
 """
 
 
-def test_export_loads_in_stock_lerobot_and_predicts_the_same_actions(world, tmp_path):
-    res = _train(world, tmp_path / "run", *_craft_args(world), "--steps=2", "--save_freq=2")
-    assert res.returncode == 0, res.stderr[-3000:]
-    ckpt = tmp_path / "run" / "checkpoints" / "000002" / "pretrained_model"
+def test_export_loads_in_stock_lerobot_and_predicts_the_same_actions(trained, tmp_path):
+    ckpt = trained[0] / "checkpoints" / "000004" / "pretrained_model"
     out = tmp_path / "exported"
     exp = subprocess.run([str(BIN / "craft"), "export", str(ckpt), str(out)], capture_output=True, text=True, timeout=120)
     assert exp.returncode == 0 and "exported the act base policy" in exp.stdout, exp.stderr
@@ -234,17 +239,12 @@ def test_export_loads_in_stock_lerobot_and_predicts_the_same_actions(world, tmp_
     assert torch.equal(torch.load(tmp_path / "act.pt", weights_only=True), expected)
 
 
-def test_bad_craft_setting_stops_lerobot_train_before_step_1_with_a_readable_message(world, tmp_path):
-    res = _train(world, tmp_path / "run", *_craft_args(world), "--policy.craft.retnetion_freq=2")
-    log = res.stdout + res.stderr
-    assert res.returncode != 0 and "unrecognized arguments: --policy.craft.retnetion_freq=2" in log and "step:1 " not in log
-
-
 @pytest.mark.parametrize(
     ("arg", "message"),
     [
         ("--policy.craft.retention_freq=0", "retention_freq=0: Input should be greater than or equal to 1"),
         ("--policy.craft.pooling=[max]", "Cannot convert 'max' (<class 'str'>) into one of: mean_image_tokens, mean_masked"),
+        ("--policy.craft.retnetion_freq=2", "unrecognized arguments: --policy.craft.retnetion_freq=2"),
     ],
 )
 def test_bad_craft_values_are_refused_by_lerobots_own_parser_with_a_readable_message(
@@ -272,21 +272,27 @@ def test_bad_craft_values_are_refused_by_lerobots_own_parser_with_a_readable_mes
 
 def test_cache_from_another_policy_type_and_layers_stops_before_step_1(world, tmp_path):
     """A cache whose teacher was another policy type (manifest says diffusion) and whose layers
-    differ from the config: one message lists both and prints the right build-cache command."""
+    differ from the config: one message lists both and prints the right build-cache command.
+    (In-process: the policy's start-up check, what lerobot-train's make_policy runs; the message
+    reaching lerobot-train's console alone is checked by the missing-cache test above.)"""
     import shutil
+
+    import craft_plugin.policies  # noqa: F401
+    from craft_plugin import CraftConfig
+    from craft_plugin.policies.craft.configuration_craft import CRaFTConfig, CraftStartupError
+    from craft_plugin.policies.craft.modeling_craft import CRaFTPolicy
 
     cache = tmp_path / "cache"
     shutil.copytree(world / "cache", cache)
     manifest = json.loads((cache / "manifest.json").read_text())
     manifest["teacher"]["policy_type"] = "diffusion"
     (cache / "manifest.json").write_text(json.dumps(manifest))
-    args = [a for a in _craft_args(world) if "anchor_cache_dir" not in a]
-    res = _train(world, tmp_path / "run", *args, f"--policy.craft.anchor_cache_dir={cache}", "--policy.craft.layers=[-3,-1]")
-    log = res.stdout + res.stderr
-    assert res.returncode != 0 and "step:1 " not in log
+    craft = CraftConfig(anchor_cache_dir=cache, anchor_batch_size=4, layers=[-3, -1])
+    with pytest.raises(CraftStartupError) as info:
+        CRaFTPolicy(CRaFTConfig(base_path=str(world / "act"), device="cpu", craft=craft))
+    log = str(info.value.code)
     assert "policy type: training 'act', cache teacher 'diffusion'" in log
     assert "layers: config [-3, -1]" in log and "craft build-cache" in log
-    assert not has_traceback(log)
 
 
 def test_two_process_run_keeps_lambda_and_weights_identical_across_ranks(world, tmp_path):
