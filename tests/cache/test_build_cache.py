@@ -71,22 +71,31 @@ def test_cli_build_summary_rerun_and_cache_info(world, tmp_path):
     assert set(m.input_keys) == {"observation.images.top", "observation.state", "action", "action_is_pad"}
     assert len(m.dataset.anchor_indices) == 10 and m.versions["lerobot"].startswith("0.6")
 
-    again = subprocess.run(_args(world, out), capture_output=True, text=True, env=_env(world), timeout=300)
-    assert again.returncode == 0 and "already complete (10 anchors); nothing to do" in again.stdout
+    # The rest in-process (Typer's CliRunner: the same commands, without a start-up each; the
+    # subprocess above and the last one below check the console output itself).
+    from typer.testing import CliRunner
 
-    other = subprocess.run(_args(world, out, "--seed=5"), capture_output=True, text=True, env=_env(world), timeout=300)
-    assert other.returncode == 2 and "built with different arguments" in other.stderr and "--overwrite" in other.stderr
+    from craft_plugin.cli import app
 
-    info = subprocess.run([CRAFT, "cache-info", str(out)], capture_output=True, text=True, env=_env(world), timeout=120)
-    assert info.returncode == 0, info.stdout
-    assert "anchors   10/10 in 3 shard(s)" in info.stdout and info.stdout.count("ok        shard_") == 3
+    def cli(*argv: str):
+        return CliRunner().invoke(app, list(argv))
+
+    again = cli(*_args(world, out)[1:])
+    assert again.exit_code == 0 and "already complete (10 anchors); nothing to do" in again.output
+
+    other = cli(*_args(world, out, "--seed=5")[1:])
+    assert other.exit_code == 2 and "built with different arguments" in other.output and "--overwrite" in other.output
+
+    info = cli("cache-info", str(out))
+    assert info.exit_code == 0, info.output
+    assert "anchors   10/10 in 3 shard(s)" in info.output and info.output.count("ok        shard_") == 3
 
     shard = out / "shard_00001.safetensors"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01
     shard.write_bytes(bytes(data))
-    info = subprocess.run([CRAFT, "cache-info", str(out)], capture_output=True, text=True, env=_env(world), timeout=120)
-    assert info.returncode == 1 and "CORRUPT   shard_00001.safetensors" in info.stdout
+    info = cli("cache-info", str(out))
+    assert info.exit_code == 1 and "CORRUPT   shard_00001.safetensors" in info.output
 
     (out / "manifest.json").write_text((out / "manifest.json").read_text()[:100])
     info = subprocess.run([CRAFT, "cache-info", str(out)], capture_output=True, text=True, env=_env(world), timeout=120)
