@@ -187,12 +187,13 @@ STANDARD = DemoPlan()
 QUICK = DemoPlan(
     train_episodes=3, heldout_episodes=2, replay_episodes=1, image_size=32, mcq_train=24, mcq_test=16,
     teach_steps=10, base_steps=6, finetune_steps=4, batch_size=8, num_anchors=8, anchor_batch_size=4,
-    rollout_episodes=1, rollout_max_steps=10, methods=("naive", "craft_off", "craft_hidden"),
+    rollout_episodes=1, rollout_max_steps=10, methods=("naive", "craft_hidden"),
 )  # fmt: skip
 # QUICK leaves out replay (the same lerobot-train path as naive on another dataset, which
-# tests/demo/test_metaworld_data.py covers) and the token_ce / features-only CRaFT runs (the same
-# wrapper path as craft_hidden with another flag; tests/policies cover token_ce under lerobot-train)
-# to keep the test suite under its 10-minute budget.
+# tests/demo/test_metaworld_data.py covers), craft_off (the wrapper with CRaFT off, which
+# tests/policies/test_lerobot_train.py compares step by step with a plain run) and the token_ce /
+# features-only CRaFT runs (the same wrapper path as craft_hidden with another flag;
+# tests/policies cover token_ce under lerobot-train) to keep the test suite under its budget.
 STANDARD_ACT = replace(STANDARD, family="act")
 QUICK_ACT = replace(QUICK, family="act")  # the real tiny ACT: its ResNet-18 dominates the cost anyway
 

@@ -37,11 +37,9 @@ def test_quick_demo_runs_every_stage_and_writes_a_finite_report(tmp_path):
             assert row["storage_cache"]["mean"] > 0
         if name not in ("base", "naive"):  # task-B L1 relative to naive, mean over seeds
             assert math.isfinite(row["error_B_vs_naive"]["mean"]), name
-    assert math.isfinite(rows["craft_hidden"]["error_B_vs_craft_off"]["mean"])
     # CRaFT runs with CRaFT's defaults: the plan tunes nothing (QUICK sets only the anchor batch size)
     args = json.loads((out / "runs" / "craft_hidden" / "eval.json").read_text())["policy_args"]
     assert not any(flag in a for a in args for flag in ("epsilon", "lambda_lr", "conflict_threshold")), args
-    assert "--policy.craft.enabled=false" in json.loads((out / "runs" / "craft_off" / "eval.json").read_text())["policy_args"]
     for png in ("task_loss.png", "retention.png", "lambda.png", "conflict.png", "forgetting_vs_b.png"):
         data = (out / "report" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
