@@ -373,7 +373,8 @@ def _method_rows(runs: Sequence[RunData], bases: Sequence[RunData]) -> list[dict
                 succ_forget.append(float(bsa["rate"]) - float(sa["rate"]))
         row: dict[str, Any] = {"method": method, "role": "base" if is_base else "finetune", "runs": len(group)}
         row["runs_dirs"] = [str(r.path) for r in group]
-        row["loss_source"] = sorted({r.loss_curve()[2] for r in group if r.loss_curve()[0]})
+        curves = [r.loss_curve() for r in group]
+        row["loss_source"] = sorted({source for steps, _, source in curves if steps})
         for key, values in {
             "train_seconds": [_number(r.eval.get("train_seconds")) for r in group],
             "final_task_loss": [r.final_loss() for r in group],

@@ -181,7 +181,7 @@ class CRaFTPolicy(PreTrainedPolicy):
         if path is None or not path.is_file() or not _is_main_process():
             return
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if _record_step(line) is None or _record_step(line) <= step]  # type: ignore[operator]
+        kept = [line for line in lines if (_record_step(line) or 0) <= step]  # unreadable lines are kept
         if len(kept) != len(lines):
             logger.info("CRaFT: resumed at step %d: dropped %d record(s) past it from %s", step, len(lines) - len(kept), path)
             atomic_write_bytes(path, "".join(kept).encode("utf-8"))
