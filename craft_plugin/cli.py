@@ -248,14 +248,23 @@ def train_cmd(ctx: typer.Context) -> None:
     """Run LeRobot's own `lerobot-train` in this process with the `craft` policy type registered.
 
     Every argument is passed through unchanged, e.g.
-    `craft train --policy.type=craft --policy.base_path=... --policy.craft.anchor_cache_dir=... --dataset.repo_id=...`
+    `craft train --policy.type=craft --policy.base_path=... --policy.craft.anchor_cache_dir=... --dataset.repo_id=...`;
+    the run's length, output folder and log period are added as `--policy.run.*` (and
+    `--output_dir`, chosen as LeRobot would, when not given): see craft_plugin/policies/craft/run_config.py.
     """
     import sys
 
     import craft_plugin.policies  # noqa: F401  (registers --policy.type=craft)
     from lerobot.scripts.lerobot_train import main as lerobot_train_main
 
-    sys.argv = ["lerobot-train", *ctx.args]
+    from craft_plugin.policies.craft.run_config import run_flags
+
+    try:
+        args = run_flags(ctx.args)
+    except ValueError as err:
+        typer.echo(f"craft train: {err}", err=True)
+        raise typer.Exit(code=2) from None
+    sys.argv = ["lerobot-train", *args]
     lerobot_train_main()
 
 

@@ -38,14 +38,15 @@ def world(tmp_path_factory):
     return root
 
 
-def _train(world: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _train(world: Path, out: Path | None, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """A stock lerobot-train run; ``out=None``: no --output_dir (LeRobot chooses one under ``cwd``)."""
     cmd = [
         str(BIN / "lerobot-train"), "--policy.push_to_hub=false", "--policy.device=cpu", "--dataset.repo_id=local/tiny",
-        f"--dataset.root={world / 'data'}", f"--output_dir={out}", "--steps=4", "--batch_size=4", "--log_freq=1",
-        "--save_freq=4", "--num_workers=0", "--wandb.enable=false", "--seed=1", *args,
+        f"--dataset.root={world / 'data'}", *([f"--output_dir={out}"] if out else []), "--steps=4", "--batch_size=4",
+        "--log_freq=1", "--save_freq=4", "--num_workers=0", "--wandb.enable=false", "--seed=1", *args,
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(world / "hf")}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=cwd)
 
 
 def _craft_args(world: Path, *extra: str) -> list[str]:
@@ -128,19 +129,31 @@ def test_craft_train_passes_every_argument_to_lerobot_train(world, tmp_path):
     assert "mode=token_ce" in log
     steps = _steps(log)
     assert [int(s["step"]) for s in steps] == [1, 2] and all(s["L_ret"] > 0 for s in steps)
-    assert (tmp_path / "run" / "checkpoints" / "000002" / "pretrained_model" / "craft_state.json").is_file()
+    ckpt = tmp_path / "run" / "checkpoints" / "000002" / "pretrained_model"
+    assert (ckpt / "craft_state.json").is_file()
+    # craft train hands the run's values to the policy as fields (LeRobot saves them in train_config.json) ...
+    assert json.loads((ckpt / "train_config.json").read_text())["policy"]["run"] == {
+        "steps": 2, "output_dir": str(tmp_path / "run"), "log_freq": 1,
+    }  # fmt: skip
+    assert json.loads((ckpt / "config.json").read_text())["run"]["steps"] is None, "... never inherited"
+    assert [json.loads(r)["step"] for r in (tmp_path / "run" / "craft_metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 def test_companion_distribution_needs_no_flag(world, tmp_path):
-    """Way in (c): `lerobot_policy_craft` is installed by the set-up, LeRobot auto-imports it."""
+    """Way in (c): `lerobot_policy_craft` is installed by the set-up, LeRobot auto-imports it.
+    No --output_dir either: LeRobot chooses the folder, and the metrics reach it at the first
+    checkpoint (the policy cannot know the folder before)."""
     from importlib.metadata import distribution
 
     assert distribution("lerobot_policy_craft").metadata["Name"] == "lerobot_policy_craft"
     args = [a for a in _craft_args(world) if not a.startswith("--discover_packages_path")]
-    res = _train(world, tmp_path / "run", *args, "--steps=2", "--save_freq=2")
+    res = _train(world, None, *args, "--steps=2", "--save_freq=2", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     steps = _steps(res.stdout + res.stderr)
     assert [int(s["step"]) for s in steps] == [1, 2] and steps[0]["L_ret"] == 0.0
+    (metrics,) = (tmp_path / "outputs" / "train").glob("*/*_craft/craft_metrics.jsonl")
+    assert [json.loads(r)["step"] for r in metrics.read_text().splitlines()] == [1, 2]
+    assert (metrics.parent / "checkpoints" / "000002" / "pretrained_model" / "craft_state.json").is_file()
 
 
 def test_resume_restores_lambda_step_schedule_and_sampler(world, tmp_path):

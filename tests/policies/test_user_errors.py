@@ -334,3 +334,46 @@ def test_the_run_state_is_data_on_the_config_saved_as_craft_state_json(world, tm
     policy.save_pretrained(tmp_path / "ckpt")
     loaded = CRaFTPolicy.from_pretrained(str(tmp_path / "ckpt"), config=CRaFTConfig.from_pretrained(str(tmp_path / "ckpt")))
     assert loaded.config.run_state == state and loaded._pending_state == state
+
+
+# ------------------------------------------------------------------ the run's length and folder (issue 14.1)
+def test_without_the_runs_length_the_first_step_names_the_fields_to_set(world):
+    """Outside lerobot-train and `craft train` (here: pytest), nothing gives the run's length:
+    the first CRaFT step says which field to set; setting it trains."""
+    from support.tiny_classic import make_batch
+
+    policy = _craft_policy(world)
+    assert policy.run.steps is None and policy.config.metrics_file is None
+    batch = policy.retention_preprocessor()(make_batch("act", batch_size=4))
+    policy.train()
+    with pytest.raises(ValueError, match=r"--policy\.run\.steps=N \(config\.run\.steps\), or --policy\.craft\.epsilon_decay_steps=N"):
+        policy.forward(batch)
+    policy = _craft_policy(world)
+    policy.run.steps = 10
+    policy.train()
+    loss, out = policy.forward(batch)
+    assert loss.ndim == 0 and out["epsilon"] == pytest.approx(0.1)
+
+
+def test_metrics_wait_for_the_first_checkpoint_when_the_output_folder_is_unknown(world, tmp_path):
+    """A run whose output folder LeRobot chose itself: the records go to the run folder of its
+    first checkpoint, then straight there; checkpoints save the run fields empty."""
+    from support.tiny_classic import make_batch
+
+    policy = _craft_policy(world)
+    policy.run.steps, policy.run.log_freq = 10, 1
+    batch = policy.retention_preprocessor()(make_batch("act", batch_size=4))
+    policy.train()
+    policy.forward(batch)
+    policy.forward(batch)
+    assert [r["step"] for r in policy.config.unwritten_metrics] == [1, 2]
+    policy.save_pretrained(tmp_path / "export")  # not a checkpoint folder: the records wait
+    assert len(policy.config.unwritten_metrics) == 2 and not (tmp_path / "craft_metrics.jsonl").exists()
+    run = tmp_path / "outputs" / "train" / "x"
+    policy.save_pretrained(run / "checkpoints" / "000002" / "pretrained_model")
+    policy.forward(batch)
+    records = [json.loads(line) for line in (run / "craft_metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3] and policy.config.unwritten_metrics == []
+    saved = json.loads((run / "checkpoints" / "000002" / "pretrained_model" / "config.json").read_text())
+    assert saved["run"] == {"steps": None, "output_dir": None, "log_freq": None}, "the next run's are its own"
+    assert policy.run.steps == 10, "saving leaves the running values alone"

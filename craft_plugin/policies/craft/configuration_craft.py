@@ -58,12 +58,15 @@ from lerobot.configs.policies import PreTrainedConfig
 
 from craft_plugin.cache.shards import atomic_write_bytes
 from craft_plugin.config import CraftConfig
+from craft_plugin.policies.craft.run_config import CraftRunConfig, run_dir_of_checkpoint
 
 logger = logging.getLogger(__name__)
 
 BASE_CONFIG_DIR = "base"
 #: The run's CRaFT state in a checkpoint, next to ``config.json`` (see ``CRaFTConfig.run_state``).
 CRAFT_STATE_FILE = "craft_state.json"
+#: One JSON record per logged CRaFT step, in the run's output folder (see :mod:`.run_config`).
+METRICS_FILE = "craft_metrics.jsonl"
 NORMALIZATION_MODES = ("base", "dataset", "merged")
 
 
@@ -93,6 +96,9 @@ class CRaFTConfig(PreTrainedConfig):
     normalization: str = "base"
     # Deprecated: renormalize=true is normalization=dataset.
     renormalize: bool = False
+    # The training run this policy is in: steps, output_dir, log_freq (see run_config.py). Filled
+    # in by `craft train`, or read from lerobot-train's command line; saved empty in checkpoints.
+    run: CraftRunConfig = field(default_factory=CraftRunConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -114,6 +120,12 @@ class CRaFTConfig(PreTrainedConfig):
         #: LeRobot saves with every checkpoint, plain or PEFT (a PEFT checkpoint saves adapter
         #: weights and this config, never the policy's own ``_save_pretrained``).
         self.run_state: dict[str, Any] | None = None
+        #: Where :class:`CRaFTPolicy` appends its metrics records (``<output_dir>/craft_metrics.jsonl``),
+        #: None while the run's output folder is unknown; records made meanwhile wait in
+        #: ``unwritten_metrics`` and are written by :meth:`_save_pretrained` into the run folder of
+        #: the first LeRobot checkpoint (see :mod:`.run_config`). Plain data, not config fields.
+        self.metrics_file: Path | None = None
+        self.unwritten_metrics: list[dict[str, Any]] = []
 
     def _check_normalization(self) -> None:
         mode = str(self.normalization).strip().lower()
@@ -169,12 +181,29 @@ class CRaFTConfig(PreTrainedConfig):
         )
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        super()._save_pretrained(save_directory)
+        run, self.run = self.run, CraftRunConfig()  # the run's own values are not the checkpoint's
+        try:
+            super()._save_pretrained(save_directory)
+        finally:
+            self.run = run
         base_dir = Path(save_directory) / BASE_CONFIG_DIR
         base_dir.mkdir(parents=True, exist_ok=True)
         self.base_config._save_pretrained(base_dir)
         if self.run_state is not None:  # see run_state: saved with plain and PEFT checkpoints alike
             atomic_write_bytes(Path(save_directory) / CRAFT_STATE_FILE, json.dumps(self.run_state).encode())
+        self._write_unwritten_metrics(save_directory)
+
+    def _write_unwritten_metrics(self, save_directory: Path) -> None:
+        """A run whose output folder was unknown: its first LeRobot checkpoint names it."""
+        if self.metrics_file is None:
+            run_dir = run_dir_of_checkpoint(save_directory)
+            if run_dir is None:
+                return
+            self.metrics_file = run_dir / METRICS_FILE
+            logger.info("CRaFT: metrics records go to %s (the run folder of checkpoint %s)", self.metrics_file, save_directory)
+        if self.unwritten_metrics:
+            append_records(self.metrics_file, self.unwritten_metrics)
+            self.unwritten_metrics = []
 
     # ------------------------------------------------------------------ delegation
     @property
@@ -217,6 +246,13 @@ class CRaFTConfig(PreTrainedConfig):
 
     def describe(self) -> str:
         return json.dumps({"base": self.base_path or self.base_type, "craft": self.craft.to_dict()})
+
+
+def append_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append ``records`` to the JSON-lines file ``path``, one line each."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
 
 
 # ---------------------------------------------------------------------- base options

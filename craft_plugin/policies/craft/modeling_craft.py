@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +44,20 @@ from craft_plugin.cache.anchor_cache import AnchorCache
 from craft_plugin.cache.manifest import CacheError
 from craft_plugin.cache.shards import atomic_write_bytes, file_sha256
 from craft_plugin.hook import CraftHook
-from craft_plugin.policies.craft.configuration_craft import CRAFT_STATE_FILE, CRaFTConfig, CraftStartupError, base_weights_file
+from craft_plugin.policies.craft.configuration_craft import (
+    CRAFT_STATE_FILE,
+    METRICS_FILE,
+    CRaFTConfig,
+    CraftStartupError,
+    append_records,
+    base_weights_file,
+)
+from craft_plugin.policies.craft.run_config import CraftRunConfig, is_lerobot_train, run_from_command_line
 from craft_plugin.retention import make_retention
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CRAFT_STATE_FILE", "METRICS_FILE", "CRaFTPolicy", "CraftStartupError"]
-
-METRICS_FILE = "craft_metrics.jsonl"
 
 
 class CRaFTPolicy(PreTrainedPolicy):
@@ -79,9 +86,10 @@ class CRaFTPolicy(PreTrainedPolicy):
         self._hook: CraftHook | None = None
         self._retention: Any = None
         self._pending_state: dict[str, Any] | None = None
-        train_cfg = _train_config()
-        self._run_steps: int | None = int(train_cfg.steps) if train_cfg is not None else None
-        self._metrics_path, self._log_freq = _metrics_destination(train_cfg)
+        self.run: CraftRunConfig = resolve_run(config.run, sys.argv)
+        self._log_freq = max(int(self.run.log_freq or 1), 1)
+        if self.run.output_dir is not None:
+            config.metrics_file = Path(self.run.output_dir) / METRICS_FILE
         # A fresh run checks its anchor cache now, before step 1; a policy loaded from a
         # checkpoint (eval, export, resume) opens it at its first training step instead.
         if config.craft.enabled and config.pretrained_path is None:
@@ -156,11 +164,12 @@ class CRaFTPolicy(PreTrainedPolicy):
 
     def _ensure_hook(self) -> CraftHook:
         if self._hook is None:
-            total = self.config.craft.epsilon_decay_steps or self._run_steps
+            total = self.config.craft.epsilon_decay_steps or self.run.steps
             if total is None and self.config.craft.epsilon_schedule != "constant":
                 raise ValueError(
-                    "CRaFT needs the run's length to anneal ε: set --policy.craft.epsilon_decay_steps=N "
-                    "(inside lerobot-train it defaults to --steps)"
+                    "CRaFT needs the run's length to anneal ε and none is known (not a lerobot-train or "
+                    "`craft train` run): set --policy.run.steps=N (config.run.steps), or "
+                    "--policy.craft.epsilon_decay_steps=N"
                 )
             self._hook = CraftHook(
                 [(n, p) for n, p in self.base.named_parameters() if p.requires_grad],
@@ -177,7 +186,7 @@ class CRaFTPolicy(PreTrainedPolicy):
     def _drop_metrics_after(self, step: int) -> None:
         """A resumed run: drop ``craft_metrics.jsonl`` records past the restored ``step`` (written by
         the run that was stopped after its checkpoint), so the file holds one record per step."""
-        path = self._metrics_path
+        path = self.config.metrics_file
         if path is None or not path.is_file() or not _is_main_process():
             return
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -207,12 +216,15 @@ class CRaFTPolicy(PreTrainedPolicy):
 
     def _append_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """One JSON object per logged step (LeRobot's ``--log_freq``) in ``craft_metrics.jsonl``
-        of the run's output directory (main process only)."""
-        if self._metrics_path is None or step % self._log_freq != 0 or not _is_main_process():
+        of the run's output directory (main process only); kept for the first checkpoint while
+        that folder is unknown (:attr:`CRaFTConfig.metrics_file`)."""
+        if step % self._log_freq != 0 or not _is_main_process():
             return
-        self._metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        record = {"step": step, **metrics}
+        if self.config.metrics_file is None:
+            self.config.unwritten_metrics.append(record)
+        else:
+            append_records(self.config.metrics_file, [record])
 
     # ------------------------------------------------------------------ delegation
     def get_optim_params(self) -> Any:
@@ -318,34 +330,12 @@ def _root_at_base(target_modules: Any) -> Any:
     return target_modules
 
 
-def _train_config() -> Any:
-    """The running ``lerobot-train``'s ``TrainPipelineConfig``, or None outside a LeRobot run.
-
-    The policy is built inside LeRobot's ``train(cfg)``; ``cfg`` is found on the call stack.
-    """
-    import inspect
-
-    try:
-        from lerobot.configs.train import TrainPipelineConfig
-    except ImportError:  # pragma: no cover
-        return None
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            cfg = frame.f_locals.get("cfg")
-            if isinstance(cfg, TrainPipelineConfig):
-                return cfg
-            frame = frame.f_back
-    finally:
-        del frame
-    return None
-
-
-def _metrics_destination(cfg: Any) -> tuple[Path | None, int]:
-    """``craft_metrics.jsonl`` in the run's output directory, and LeRobot's ``log_freq``."""
-    if cfg is None or cfg.output_dir is None:
-        return None, 1
-    return Path(cfg.output_dir) / METRICS_FILE, max(int(cfg.log_freq or 1), 1)
+def resolve_run(run: CraftRunConfig, argv: list[str]) -> CraftRunConfig:
+    """The run's values (see :mod:`.run_config`): ``run``'s own (``--policy.run.*``, or filled in
+    by ``craft train``), else those of the ``lerobot-train`` command line ``argv`` (a ``sys.argv``)."""
+    if is_lerobot_train(argv):
+        return run.merged_over(run_from_command_line(argv[1:]))
+    return run.merged_over(None)
 
 
 def _rank() -> int:
