@@ -22,6 +22,9 @@ env:
 demo:
 	@V="$$($(ENV_SCRIPT) ensure)" && "$$V/bin/craft" demo --output-dir demo-out --overwrite
 
+# One pytest-xdist worker per core; a test file's tests stay on one worker (its module fixtures
+# are built once). PYTEST_ARGS="-n 0" runs them in one process.
+PYTEST_ARGS ?= -n auto --dist loadfile
 test:
 	@V="$$($(ENV_SCRIPT) ensure)" && "$$V/bin/python" -m pytest $(PYTEST_ARGS)
 

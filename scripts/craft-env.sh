@@ -125,7 +125,8 @@ lock() {
         return 1
     fi
     "$uv_bin" pip compile "$ROOT/pyproject.toml" --extra test --extra demo --python-version 3.12 \
-        --python-platform x86_64-unknown-linux-gnu --no-header -o "$LOCK" >&2
+        --python-platform x86_64-unknown-linux-gnu --no-header \
+        --no-emit-package craft-plugin --no-emit-package lerobot-policy-craft -o "$LOCK" >&2
     log "wrote $LOCK"
 }
 

@@ -63,6 +63,7 @@ craft run) is not drawn; ``report.md`` says so.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -93,6 +94,8 @@ __all__ = [
 EVAL_FILE = "eval.json"
 LOG_FILE = "train.log"
 METRICS_FILE = "craft_metrics.jsonl"
+#: Why a report has no plots: matplotlib is an optional dependency (the ``demo`` extra).
+NO_MATPLOTLIB = "matplotlib is not installed (pip install 'craft-plugin[demo]' for the plots)"
 SCHEMA = 1
 
 
@@ -636,7 +639,8 @@ def _markdown(rows: Sequence[Mapping[str, Any]], runs: Sequence[RunData], plots:
         ("forgetting_vs_b", "Forgetting of task A against task-B error, per method"),
     ]:
         file = plots.get(name)
-        lines.append(f"![{caption}]({file})" if file else f"- {caption}: not drawn (no run has this data).")
+        why = "no run has this data" if plots else NO_MATPLOTLIB
+        lines.append(f"![{caption}]({file})" if file else f"- {caption}: not drawn ({why}).")
         lines.append("")
     return "\n".join(lines)
 
@@ -820,7 +824,11 @@ def build_report(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = _method_rows(runs, bases)
-    plots = _plot_all(runs, rows, out)
+    if importlib.util.find_spec("matplotlib") is None:
+        logger.warning("plots skipped: %s", NO_MATPLOTLIB)
+        plots: dict[str, str | None] = {}
+    else:
+        plots = _plot_all(runs, rows, out)
     md = out / "report.md"
     tmp = md.with_name(f".report.md.tmp-{os.getpid()}")
     tmp.write_text(_markdown(rows, runs, plots))
