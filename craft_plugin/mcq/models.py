@@ -237,11 +237,22 @@ class HFAdapter(MCQAdapter):
             raise ValueError(f"choice {choice!r} tokenizes to nothing")
         return ids
 
+    #: Processor outputs that hold one image's patches flattened along dim 0 (Qwen2-VL-style
+    #: models), with the key of the per-image grid that says how many: repeated per row by
+    #: concatenation, as the processor batches several images.
+    _FLAT_PATCHES = {"pixel_values": "image_grid_thw", "pixel_values_videos": "video_grid_thw"}
+    #: Per-token type ids a continuation extends: PaliGemma's ``token_type_ids`` (1: the causal
+    #: suffix) and the multimodal ``mm_token_type_ids`` of Qwen2-VL-style models (0: text).
+    _TOKEN_TYPES = {"token_type_ids": 1, "mm_token_type_ids": 0}
+
     def _batch(self, prefix: Prefix, rows: int) -> dict[str, Any]:
         if rows == 1:
             return dict(prefix.inputs)
         out: dict[str, Any] = {}
         for k, v in prefix.inputs.items():
+            if isinstance(v, Tensor) and k in self._FLAT_PATCHES and self._FLAT_PATCHES[k] in prefix.inputs:
+                out[k] = v.repeat(rows, *([1] * (v.dim() - 1)))
+                continue
             if isinstance(v, Tensor) and v.dim() > 0:
                 if v.shape[0] != 1:
                     raise ValueError(
@@ -270,9 +281,10 @@ class HFAdapter(MCQAdapter):
         if mask is None:
             mask = torch.ones(rows, prefix.length, dtype=torch.long, device=self.device)
         inputs["attention_mask"] = torch.cat([mask, valid.to(mask.dtype)], dim=1)
-        if "token_type_ids" in inputs:  # PaliGemma: the continuation is the (causal) suffix
-            tti = inputs["token_type_ids"]
-            inputs["token_type_ids"] = torch.cat([tti, torch.ones_like(ids, dtype=tti.dtype)], dim=1)
+        for key, value in self._TOKEN_TYPES.items():  # PaliGemma: the (causal) suffix; Qwen2-VL: text
+            if key in inputs:
+                tti = inputs[key]
+                inputs[key] = torch.cat([tti, torch.full_like(ids, value, dtype=tti.dtype)], dim=1)
         out = self._forward(**inputs, use_cache=False, logits_to_keep=width + 1)
         logits = out.logits
         return logits[:, -(width + 1) : -1]
@@ -281,11 +293,15 @@ class HFAdapter(MCQAdapter):
         rows = [prefix.inputs["input_ids"][0].tolist() + list(ids) for prefix, ids in items]
         ids, valid = _pad_right(rows, self.pad_id, self.device)
         inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": valid.long()}
-        if "token_type_ids" in items[0][0].inputs:  # PaliGemma: prefix 0, continuation and padding 1
-            types = [prefix.inputs["token_type_ids"][0].tolist() + [1] * len(c) for prefix, c in items]
-            inputs["token_type_ids"] = _pad_right(types, 1, self.device)[0]
+        for key, fill in self._TOKEN_TYPES.items():  # PaliGemma: prefix 0, continuation and padding 1
+            if key in items[0][0].inputs:
+                types = [prefix.inputs[key][0].tolist() + [fill] * len(c) for prefix, c in items]
+                inputs[key] = _pad_right(types, fill, self.device)[0]
         for key, value in items[0][0].inputs.items():
             if key in inputs or not isinstance(value, Tensor):
+                continue
+            if key in self._FLAT_PATCHES and self._FLAT_PATCHES[key] in items[0][0].inputs:
+                inputs[key] = torch.cat([prefix.inputs[key] for prefix, _ in items], dim=0)
                 continue
             parts = [prefix.inputs[key] for prefix, _ in items]
             if any(p.shape != value.shape for p in parts):
@@ -311,7 +327,16 @@ class HFAdapter(MCQAdapter):
         if mask is None:
             mask = torch.ones(1, prefix.length, dtype=torch.long, device=self.device)
         attention = torch.cat([mask.expand(rows, -1), valid.to(mask.dtype)], dim=1)
-        out = self.model(input_ids=ids, attention_mask=attention, past_key_values=cache, use_cache=True)
+        extra: dict[str, Any] = {}
+        deltas = getattr(getattr(self.model, "model", None), "rope_deltas", None)
+        if isinstance(deltas, Tensor):
+            # Qwen2-VL-style multimodal RoPE: text after the prefix sits at its position plus the
+            # prefix's rope delta (what generate() passes); the model cannot infer it from a mask
+            # that spans the cached prefix too.
+            positions = torch.arange(prefix.length, prefix.length + ids.shape[1], device=self.device)
+            positions = positions.view(1, 1, -1).expand(3, rows, -1) + deltas.to(self.device).view(1, -1, 1)[:, :1]
+            extra["position_ids"] = positions
+        out = self.model(input_ids=ids, attention_mask=attention, past_key_values=cache, use_cache=True, **extra)
         return out.logits
 
 

@@ -108,3 +108,56 @@ def pi0_fast_policy():
 
     policy, _, _ = make_tiny_vla("pi0_fast", seed=0)
     return policy
+
+
+@pytest.fixture(scope="session")
+def qwen2vl_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ``Qwen2VLForConditionalGeneration`` folder (a Qwen2-VL-style chat model: patches
+    flattened along dim 0 with ``image_grid_thw``, multimodal RoPE, ``mm_token_type_ids``): a
+    byte-level tokenizer with Qwen's special tokens and a ChatML template, 32x32 images (4 image
+    tokens after the 2x2 merge), random weights."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    out = tmp_path_factory.mktemp("hf-qwen2vl")
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+        additional_special_tokens=specials, model_max_length=4096,
+    )  # fmt: skip
+    template = (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% for c in message['content'] %}"
+        "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
+        "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    config = Qwen2VLConfig(
+        text_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "num_key_value_heads": 2, "vocab_size": len(tok), "max_position_embeddings": 4096,
+                     "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}},
+        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "patch_size": 8,
+                       "spatial_merge_size": 2, "temporal_patch_size": 2, "in_chans": 3},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        Qwen2VLForConditionalGeneration(config).save_pretrained(out)
+    sizes = {"min_pixels": 32 * 32, "max_pixels": 32 * 32, "patch_size": 8, "merge_size": 2, "temporal_patch_size": 2}
+    Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**sizes), video_processor=Qwen2VLVideoProcessor(**sizes),
+        tokenizer=tok, chat_template=template,
+    ).save_pretrained(out)
+    return out
+

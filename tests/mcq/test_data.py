@@ -113,4 +113,5 @@ def test_an_empty_file_says_no_questions(folder: Path, content: str):
     with pytest.raises(MCQDataError) as err:
         load_mcq(path)
     assert str(err.value).startswith(f"no questions in {path}")
-    assert "-1" not in str(err.value) and "invalid line" not in str(err.value)
+    rest = str(err.value).replace(str(path), "FILE")  # the tmp path itself may hold "-1" (pytest-13)
+    assert "-1" not in rest and "invalid line" not in rest

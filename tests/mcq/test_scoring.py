@@ -17,6 +17,8 @@ TOL = 1e-4
 @pytest.fixture()
 def make(request: pytest.FixtureRequest, vlm_folder: Path, hf_dir: Path):
     def build(kind: str):
+        if kind == "qwen2vl":  # a plain Hugging Face folder, family "hf"
+            return load_adapter(str(request.getfixturevalue("qwen2vl_hf_dir")))
         if kind == "pi0_fast":
             return adapter_for_policy(request.getfixturevalue("pi0_fast_policy"))
         return _adapter(kind, vlm_folder, hf_dir)
@@ -37,10 +39,10 @@ def _max_diff(a, b, attr: str) -> float:
     return max(abs(x - y) for qa, qb in zip(a, b) for x, y in zip(getattr(qa, attr), getattr(qb, attr)))
 
 
-@pytest.mark.parametrize("kind", ["pi0_fast", "smolvla", "hf"])
+@pytest.mark.parametrize("kind", ["pi0_fast", "smolvla", "hf", "qwen2vl"])
 def test_shared_prefix_equals_naive(kind: str, scene_set: Path, make):
     adapter = make(kind)
-    assert adapter.family == kind
+    assert adapter.family == {"qwen2vl": "hf"}.get(kind, kind)
     questions = load_mcq(scene_set).questions
     shared = score_questions(adapter, questions, batch_size=8)
     naive = score_questions(adapter, questions, naive=True, batch_size=8)
@@ -57,7 +59,7 @@ def test_shared_prefix_equals_naive(kind: str, scene_set: Path, make):
         assert q.means == pytest.approx([s / n for s, n in zip(q.sums, q.n_tokens)])
 
 
-@pytest.mark.parametrize("kind", ["pi0_fast", "hf"])
+@pytest.mark.parametrize("kind", ["pi0_fast", "hf", "qwen2vl"])
 def test_batch_logits_match_full_logits(kind: str, scene_set: Path, make):
     """The training path (several questions in one padded forward) computes the scoring path's logits."""
     adapter = make(kind)
