@@ -87,6 +87,15 @@ def run_one(args: argparse.Namespace, train_expert_only: bool | None, work: Path
     run_dirs, per_seed = [], {}
     for seed in args.seeds:
         plan = plan_for(args.family, quick=args.quick, seed=seed, **changes)
+        if args.report_only:  # the runs of an earlier (e.g. interrupted) invocation, as they are
+            folder = work / tag / f"seed{seed}"
+            saved = json.loads((folder / "plan.json").read_text())
+            missing = [m for m in ("base", *plan.ordered_methods) if not _evaluated(folder / "runs" / m)]
+            if missing:
+                raise SystemExit(f"--report-only: {folder} has no evaluated run of {', '.join(missing)}")
+            run_dirs += [folder / "runs" / m for m in ("base", *plan.ordered_methods)]
+            per_seed[seed] = {"seconds": None, "stages": None, "plan": saved}
+            continue
         res = run_demo(work / tag / f"seed{seed}", plan, overwrite=True,
                        echo=lambda line, s=seed: print(f"{tag} seed {s} {line}", flush=True))  # fmt: skip
         run_dirs += [res.output_dir / "runs" / m for m in ("base", *plan.ordered_methods)]
@@ -103,7 +112,7 @@ def run_one(args: argparse.Namespace, train_expert_only: bool | None, work: Path
         "train_expert_only": train_expert_only,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip() + f", torch threads={torch.get_num_threads()}",
         "python": sys.version.split()[0],
-        "total_seconds": time.perf_counter() - t0,
+        "total_seconds": None if args.report_only else time.perf_counter() - t0,
         "seeds": per_seed,
         "goals": _goals(methods),
         "methods": methods,
@@ -112,8 +121,17 @@ def run_one(args: argparse.Namespace, train_expert_only: bool | None, work: Path
     js.write_text(json.dumps(summary, indent=2))
     print(report.markdown.read_text())
     print(_goals_text(tag, summary["goals"]))
-    print(f"wrote {js} and {out} in {summary['total_seconds'] / 60:.1f} min", flush=True)
+    print(f"wrote {js} and {out} in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     return summary
+
+
+def _evaluated(run: Path) -> bool:
+    """Whether ``run``'s eval.json holds the evaluation (action error and rollouts), not only training."""
+    try:
+        record = json.loads((run / "eval.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return "action_error" in record and "success" in record
 
 
 def _goals(methods: list[dict]) -> dict[str, dict]:
@@ -168,12 +186,17 @@ def main() -> None:
     p.add_argument("--conflict-threshold", type=float, default=None, help="CRaFT conflict_threshold (default: not passed)")
     p.add_argument("--quick", action="store_true", help="the QUICK plan (a few steps): a smoke test; results stay in --work-dir")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: rebuild the report and JSON from --work-dir's evaluated runs of --seeds "
+                        "(e.g. the seeds an interrupted invocation finished)")  # fmt: skip
     args = p.parse_args()
     if args.family != "smolvla" and args.train_expert_only is not None:
         p.error("--train-expert-only applies to --family smolvla only")
     values: list[bool | None] = [None]
     if args.family == "smolvla":
         values = list(dict.fromkeys(args.train_expert_only if args.train_expert_only is not None else [False, True]))
+    if args.report_only and args.work_dir is None:
+        p.error("--report-only needs the --work-dir of the runs")
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="craft-forgetting-"))
     for value in values:
         run_one(args, value, work)
