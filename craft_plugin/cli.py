@@ -363,10 +363,10 @@ def report_cmd(
     except (FileNotFoundError, ValueError) as err:
         typer.echo(f"craft report: {err}", err=True)
         raise typer.Exit(code=2) from err
-    from craft_plugin.demo.report import NO_MATPLOTLIB
+    from craft_plugin.demo.report import NO_MATPLOTLIB, can_plot
 
     drawn = [name for name in result.plots.values() if name]
-    plots = ", ".join(drawn) or ("none" if result.plots else f"none: {NO_MATPLOTLIB}")
+    plots = ", ".join(drawn) or ("none" if can_plot() else f"none: {NO_MATPLOTLIB}")
     typer.echo(f"report: {result.markdown} ({len(result.rows)} method(s)); plots: {plots}")
 
 @app.command("demo")

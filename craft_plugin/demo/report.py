@@ -99,6 +99,11 @@ NO_MATPLOTLIB = "matplotlib is not installed (pip install 'craft-plugin[demo]' f
 SCHEMA = 1
 
 
+def can_plot() -> bool:
+    """Whether matplotlib is installed (an optional dependency): without it a report has no plots."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 # ---------------------------------------------------------------------- eval.json
 def update_eval_json(run_dir: str | os.PathLike[str], updates: Mapping[str, Any]) -> Path:
     """Merge ``updates`` into ``RUN_DIR/eval.json`` (dict sections merged one level deep, e.g.
@@ -639,7 +644,7 @@ def _markdown(rows: Sequence[Mapping[str, Any]], runs: Sequence[RunData], plots:
         ("forgetting_vs_b", "Forgetting of task A against task-B error, per method"),
     ]:
         file = plots.get(name)
-        why = "no run has this data" if plots else NO_MATPLOTLIB
+        why = "no run has this data" if can_plot() else NO_MATPLOTLIB
         lines.append(f"![{caption}]({file})" if file else f"- {caption}: not drawn ({why}).")
         lines.append("")
     return "\n".join(lines)
@@ -824,11 +829,9 @@ def build_report(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = _method_rows(runs, bases)
-    if importlib.util.find_spec("matplotlib") is None:
+    if not can_plot():
         logger.warning("plots skipped: %s", NO_MATPLOTLIB)
-        plots: dict[str, str | None] = {}
-    else:
-        plots = _plot_all(runs, rows, out)
+    plots: dict[str, str | None] = _plot_all(runs, rows, out) if can_plot() else {}
     md = out / "report.md"
     tmp = md.with_name(f".report.md.tmp-{os.getpid()}")
     tmp.write_text(_markdown(rows, runs, plots))
