@@ -1,7 +1,7 @@
 """The forgetting benchmark (not a test): `craft demo`'s experiment, longer, over several seeds,
 with all six methods, on one policy family.
 
-For each seed: Meta-World push-v3 (task A) and reach-v3 (task B) expert data, the family's base
+For each seed: Meta-World faucet-open-v3 (task A) and faucet-close-v3 (task B) expert data, the family's base
 trained on A (SmolVLA: a small SmolVLA whose VLM was first taught the scene-MCQ set; ACT: a
 tiny ACT from scratch), then six fine-tunes on B with the same steps and seed:
 
@@ -77,6 +77,7 @@ def run_one(args: argparse.Namespace, train_expert_only: bool | None, work: Path
         "epsilon_end": args.epsilon_end,
         "lambda_lr": args.lambda_lr,
         "conflict_threshold": args.conflict_threshold,
+        "look": args.look,
     }
     if not args.quick:
         changes |= {"base_steps": args.base_steps or base_steps, "finetune_steps": args.finetune_steps or finetune_steps,
@@ -184,6 +185,9 @@ def main() -> None:
     p.add_argument("--epsilon-end", type=float, default=None, help="CRaFT epsilon_end (default: not passed)")
     p.add_argument("--lambda-lr", type=float, default=None, help="CRaFT lambda_lr (default: not passed)")
     p.add_argument("--conflict-threshold", type=float, default=None, help="CRaFT conflict_threshold (default: not passed)")
+    p.add_argument("--look", choices=("fast", "lerobot_eval"), default="fast",
+                   help="how datasets and rollouts are rendered: fast (lean renderer) or lerobot_eval "
+                        "(shadows, 4x supersampling: what stock lerobot-eval shows; ~10x slower)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="the QUICK plan (a few steps): a smoke test; results stay in --work-dir")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     p.add_argument("--report-only", action="store_true",

@@ -122,6 +122,9 @@ class DemoPlan:
     heldout_episodes: int = 5
     replay_episodes: int = 5  #: task-A episodes mixed into B for the replay baseline (20 %)
     image_size: int = 64
+    #: How the datasets and lean rollouts are rendered (``metaworld_data.LOOKS``): ``fast`` (the
+    #: demo's) or ``lerobot_eval`` (what stock ``lerobot-eval`` shows the policy; ~10x slower)
+    look: str = "fast"
     mcq_train: int = 240  #: smolvla only, as every mcq_* / teach_* / text_hidden / vlm_layers field
     mcq_test: int = 80
     mcq_kinds: tuple[str, ...] = ("color",)  #: colours: learnt to ~97 % held-out in 200 steps here
@@ -167,6 +170,9 @@ class DemoPlan:
             raise ValueError(f"normalization={self.normalization!r}: expected None or one of {', '.join(NORMALIZATIONS)}")
         if "replay" in self.methods and self.replay_episodes < 1:
             raise ValueError("the replay method needs replay_episodes >= 1")
+        from craft_plugin.demo.metaworld_data import look_render
+
+        look_render(self.look, self.image_size)  # validates look
 
     @property
     def learning_rate(self) -> float:
@@ -413,7 +419,7 @@ def run_demo(
     # 1. data
     done = stage("data", f"Meta-World {md.TASK_A} (A) and {md.TASK_B} (B): {plan.train_episodes} + {plan.heldout_episodes} "
                  f"scripted episodes each at {plan.image_size}px (cached)")  # fmt: skip
-    render = md.RenderOptions(image_size=plan.image_size)
+    render = md.look_render(plan.look, plan.image_size)
     kw = {"seed": plan.seed, "render": render, "progress": False}
     a_train, a_held = md.task_datasets(md.TASK_A, plan.train_episodes, plan.heldout_episodes, data_cache, **kw)
     b_train, b_held = md.task_datasets(md.TASK_B, plan.train_episodes, plan.heldout_episodes, data_cache, **kw)

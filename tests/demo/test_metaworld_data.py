@@ -66,6 +66,10 @@ def test_images_match_lerobot_evals_view(render) -> None:
             raw = lean.reset(seed)
             np.testing.assert_array_equal(raw[:4], obs["agent_pos"])  # same state (agent_pos) ...
             lean_img = lean.image().astype(np.float64)
+        looks = md.look_render("lerobot_eval", size)
+        with md.MetaWorldScene("push-v3", size, shadows=looks.shadows, supersample=looks.supersample) as like:
+            like.reset(seed)
+            like_img = like.image().astype(np.float64)
     finally:
         env.close()
     with md.MetaWorldScene("push-v3", size, renderer="env") as exact:
@@ -76,6 +80,10 @@ def test_images_match_lerobot_evals_view(render) -> None:
     diff = np.abs(lean_img - view).mean()
     assert np.abs(exact_img - view).max() <= 1.0  # the env's own render: the same picture
     assert diff < 14.0, diff  # measured ~9-10 / 255 (no shadow, no MSAA)
+    # The "lerobot_eval" look (shadows, 4x supersampling): measured ~0.5 / 255, ~20x closer.
+    like_diff = np.abs(like_img - view).mean()
+    assert like_diff < 1.5 and like_diff < diff / 4, (like_diff, diff)
+    assert np.abs(like_img - view).max() < 60
     assert np.abs(lean_img[::-1, ::-1] - view).mean() > 2 * diff  # the 180-degree flip is right
     assert np.abs(other - view).max() > 20  # another seed: the puck / goal elsewhere
 
@@ -158,3 +166,10 @@ def test_bad_arguments_have_clear_errors() -> None:
         md.RenderOptions(renderer="env", shadows=True)
     with pytest.raises(ValueError, match="500 steps"):
         md.RenderOptions(max_steps=501)
+    with pytest.raises(ValueError, match="look='pretty': expected one of fast, lerobot_eval"):
+        md.look_render("pretty")
+    from craft_plugin.demo.pipeline import DemoPlan
+
+    with pytest.raises(ValueError, match="look='env'"):
+        DemoPlan(look="env")
+    assert md.look_render("lerobot_eval", 32) == md.RenderOptions(image_size=32, shadows=True, supersample=4)
