@@ -187,7 +187,7 @@ def main() -> None:
     p.add_argument("--conflict-threshold", type=float, default=None, help="CRaFT conflict_threshold (default: not passed)")
     p.add_argument("--look", choices=("fast", "lerobot_eval"), default="fast",
                    help="how datasets and rollouts are rendered: fast (lean renderer) or lerobot_eval "
-                        "(shadows, 4x supersampling: what stock lerobot-eval shows; ~10x slower)")  # fmt: skip
+                        "(shadows, 4x supersampling: what stock lerobot-eval shows; 6-11x slower)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="the QUICK plan (a few steps): a smoke test; results stay in --work-dir")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     p.add_argument("--report-only", action="store_true",

@@ -1,0 +1,53 @@
+"""How far the demo's fast-rendered images are from what stock ``lerobot-eval`` shows, and what
+that does to a policy trained on them (not a test).
+
+1. Pixel gap: the first frame of a Meta-World episode at 64 px in each look
+   (``craft_plugin.demo.metaworld_data.LOOKS``: ``fast``, ``lerobot_eval``) against Meta-World's
+   own 480 x 480 render resized as ``lerobot-eval``'s prepared checkpoint does (``renderer="env"``).
+2. Success of one checkpoint in the lean rollout loop, on the same episode seeds, with the
+   images drawn in each look and by the env's own renderer: a policy trained on ``fast`` data
+   that succeeds only in the ``fast`` look has learnt the renderer, and ``lerobot-eval`` will
+   not reproduce its success.
+
+    python benchmarks/look_gap.py CHECKPOINT [--task faucet-open-v3] [--episodes 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from craft_plugin.demo import evaluate as ev
+from craft_plugin.demo import metaworld_data as md
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a pretrained_model folder trained on a 64 px demo dataset")
+    p.add_argument("--task", default=md.TASK_A)
+    p.add_argument("--episodes", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0, help="the benchmark seed whose rollout episode seeds to use")
+    args = p.parse_args()
+    looks = {"fast": md.look_render("fast"), "lerobot_eval": md.look_render("lerobot_eval"),
+             "env": md.RenderOptions(renderer="env")}  # fmt: skip
+    first = ev.rollout_seeds(args.seed, 1)[0]
+    imgs = {}
+    for name, r in looks.items():
+        with md.MetaWorldScene(args.task, r.image_size, renderer=r.renderer, shadows=r.shadows, supersample=r.supersample) as s:
+            s.reset(first)
+            imgs[name] = s.image().astype(np.float64)
+    for name, img in imgs.items():
+        d = np.abs(img - imgs["env"])
+        print(f"{name:<13} vs lerobot-eval's view: mean |diff| {d.mean():.2f} / 255, max {d.max():.0f}, "
+              f"pixels off by > 20: {(d.max(-1) > 20).mean():.3f}", flush=True)  # fmt: skip
+    loaded = ev.load_policy(args.checkpoint)
+    for name, r in looks.items():
+        res = ev.rollout_success(loaded, args.task, episodes=args.episodes, max_steps=150, seed=args.seed, render=r,
+                                 state_mode="agent", progress=False)  # fmt: skip
+        print(f"{name:<13} lean-loop success {res.successes}/{args.episodes} {res.success_steps} "
+              f"({res.steps_per_s:.1f} steps/s)", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
