@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from craft_plugin.demo.metaworld_data import LOOKS
 from craft_plugin.demo.pipeline import FAMILIES, METHODS, NORMALIZATIONS, plan_for, run_demo
 from craft_plugin.demo.report import build_report
 
@@ -185,9 +186,9 @@ def main() -> None:
     p.add_argument("--epsilon-end", type=float, default=None, help="CRaFT epsilon_end (default: not passed)")
     p.add_argument("--lambda-lr", type=float, default=None, help="CRaFT lambda_lr (default: not passed)")
     p.add_argument("--conflict-threshold", type=float, default=None, help="CRaFT conflict_threshold (default: not passed)")
-    p.add_argument("--look", choices=("fast", "lerobot_eval"), default="fast",
+    p.add_argument("--look", choices=LOOKS, default="fast",
                    help="how datasets and rollouts are rendered: fast (lean renderer) or lerobot_eval "
-                        "(shadows, 4x supersampling: what stock lerobot-eval shows; 6-11x slower)")  # fmt: skip
+                        "(shadows, 4x supersampling: what stock lerobot-eval shows; 6-8x slower)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="the QUICK plan (a few steps): a smoke test; results stay in --work-dir")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     p.add_argument("--report-only", action="store_true",

@@ -3,8 +3,8 @@
 `benchmarks/forgetting.py` scores rollouts with the lean renderer loop (the same episode seeds,
 success rule and float32 actions as ``lerobot-eval``, 150 steps per episode, its own renderer):
 stock ``lerobot-eval --env.type=metaworld`` renders 480 x 480 and always runs 500-step
-episodes, which costs 40-70 s per failed episode on a 2-core CPU, too slow for every
-checkpoint of every seed. This script runs the tool users evaluate with on a chosen subset of
+episodes, which cost 265 s per failed episode of the small SmolVLA on this 2-core CPU (with
+a benchmark on the other core), too slow for every checkpoint of every seed. This script runs the tool users evaluate with on a chosen subset of
 the checkpoints one seed left in ``--work-dir``:
 
 * a craft checkpoint is first ``craft export``-ed to a plain base-policy checkpoint (the CLI, as
@@ -40,6 +40,7 @@ import torch
 
 from craft_plugin.demo import metaworld_data as md
 from craft_plugin.demo.evaluate import lerobot_eval_success, wilson_interval
+from craft_plugin.mcq.evaluate import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = {"A": md.TASK_A, "B": md.TASK_B}
@@ -60,15 +61,16 @@ def _plain(ckpt: Path, out: Path) -> Path:
     if (out / "config.json").is_file():
         return out
     craft = Path(sys.executable).parent / "craft"
-    subprocess.run([str(craft), "export", str(ckpt), str(out)], check=True, capture_output=True, text=True)
+    res = subprocess.run([str(craft), "export", str(ckpt), str(out)], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"craft export {ckpt} {out} failed (exit {res.returncode}):\n{(res.stdout + res.stderr)[-2000:]}")
     return out
 
 
-def _write(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+def _lean_success(seed_dir: Path, method: str) -> dict:
+    """The lean loop's rollouts of ``method`` from its ``eval.json`` (empty before evaluation)."""
+    path = seed_dir / "runs" / method / "eval.json"
+    return json.loads(path.read_text()).get("success", {}) if path.is_file() else {}
 
 
 def _table(rows: list[dict]) -> str:
@@ -94,6 +96,9 @@ def main() -> None:
     p.add_argument("--output", type=Path, default=None, help="default: benchmarks/results/lerobot_eval_<tag>_seed<S>.json")
     args = p.parse_args()
     seed_dir = args.work_dir
+    if not (seed_dir / "plan.json").is_file():
+        p.error(f"--work-dir {seed_dir}: no plan.json (pass one seed's folder of a benchmarks/forgetting.py "
+                "--work-dir, e.g. <work>/smolvla_vlm/seed0)")  # fmt: skip
     plan = json.loads((seed_dir / "plan.json").read_text())
     seed = int(plan["seed"])
     tag = seed_dir.parent.name
@@ -108,7 +113,7 @@ def main() -> None:
     data.setdefault("rows", [])
     for method in args.methods:
         ckpt = _plain(_checkpoint(seed_dir, method), seed_dir / "lerobot_eval" / method / "exported")
-        lean_all = json.loads((seed_dir / "runs" / method / "eval.json").read_text()).get("success", {})
+        lean_all = _lean_success(seed_dir, method)
         for key in args.tasks:
             if (method, key, args.episodes) in done:
                 continue
@@ -131,7 +136,7 @@ def main() -> None:
                                     "seconds": time.perf_counter() - t0, "eval_seconds": res.eval_seconds},
                    "lean": lean, "same_call": same}  # fmt: skip
             data["rows"] = [r for r in data["rows"] if (r["method"], r["task"]) != (method, key)] + [row]
-            _write(out_path, data)
+            write_json(data, out_path)
             print(f"{method:<14} {key}: lerobot-eval {res.successes}/{res.episodes}"
                   + ("" if lean is None else f", lean {lean['successes']}/{args.episodes}, same call {same}/{args.episodes}")
                   + f" ({row['lerobot_eval']['seconds']:.0f} s)", flush=True)  # fmt: skip

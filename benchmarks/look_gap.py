@@ -29,6 +29,10 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=3)
     p.add_argument("--seed", type=int, default=0, help="the benchmark seed whose rollout episode seeds to use")
     args = p.parse_args()
+    try:
+        loaded = ev.load_policy(args.checkpoint)
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
     looks = {"fast": md.look_render("fast"), "lerobot_eval": md.look_render("lerobot_eval"),
              "env": md.RenderOptions(renderer="env")}  # fmt: skip
     first = ev.rollout_seeds(args.seed, 1)[0]
@@ -41,7 +45,6 @@ def main() -> None:
         d = np.abs(img - imgs["env"])
         print(f"{name:<13} vs lerobot-eval's view: mean |diff| {d.mean():.2f} / 255, max {d.max():.0f}, "
               f"pixels off by > 20: {(d.max(-1) > 20).mean():.3f}", flush=True)  # fmt: skip
-    loaded = ev.load_policy(args.checkpoint)
     for name, r in looks.items():
         res = ev.rollout_success(loaded, args.task, episodes=args.episodes, max_steps=150, seed=args.seed, render=r,
                                  state_mode="agent", progress=False)  # fmt: skip

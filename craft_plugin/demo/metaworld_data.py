@@ -211,16 +211,16 @@ class RenderOptions:
 
 
 #: The two looks a dataset (and the lean rollouts scored against it) can have. ``fast``: the
-#: lean renderer as is (~90 steps/s here, but no shadows and no anti-aliasing: at 64 px it
+#: lean renderer as is (fast, but no shadows and no anti-aliasing: at 64 px it
 #: differs from ``lerobot-eval``'s view by 8.8 / 255 per pixel on average, 14 % of pixels by
 #: more than 20). ``lerobot_eval``: shadows on and a 4x supersampled render (0.5 / 255 mean,
-#: no pixel off by more than ~20; 6-11x slower), so a policy trained on it sees at
-#: ``lerobot-eval`` time what it was trained on (:func:`look_render`; measured by
-#: ``tests/demo/test_metaworld_data.py``).
+#: no pixel off by more than ~20; 6-8x slower), so a policy trained on it sees at
+#: ``lerobot-eval`` time what it was trained on (:func:`look_render`; the gap is measured by
+#: ``tests/demo/test_metaworld_data.py`` and ``benchmarks/look_gap.py``).
 LOOKS: tuple[str, ...] = ("fast", "lerobot_eval")
 
 
-def look_render(look: str, image_size: int = 64) -> "RenderOptions":
+def look_render(look: str, image_size: int = 64) -> RenderOptions:
     """The :class:`RenderOptions` of ``look`` (one of :data:`LOOKS`) at ``image_size``."""
     if look == "fast":
         return RenderOptions(image_size=image_size)
