@@ -24,7 +24,7 @@ SmolVLA runs once per `--train-expert-only` value (default: both, false first): 
 the VLM too (the demo's setting: the VLM can forget), true is LeRobot's default (VLM frozen).
 Results of each: `benchmarks/results/forgetting_<tag>/` (report.md, report.json, plots) and
 `benchmarks/results/forgetting_<tag>.json`, with tag `act`, `smolvla_vlm` (VLM trainable) or
-`smolvla_expert_only`. Runs go one after another (2 cores: never in parallel).
+`smolvla_expert_only`, plus `_look_lerobot_eval` with `--look lerobot_eval` (the fast look's results stay). Runs go one after another (2 cores: never in parallel).
 
     python benchmarks/forgetting.py --family smolvla [--train-expert-only false true] [--seeds 0 1 2]
     python benchmarks/forgetting.py --family act --seeds 0 1 2
@@ -63,14 +63,14 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
 
 
-def tag_of(family: str, train_expert_only: bool | None) -> str:
-    if family != "smolvla":
-        return family
-    return "smolvla_expert_only" if train_expert_only else "smolvla_vlm"
+def tag_of(family: str, train_expert_only: bool | None, look: str = "fast") -> str:
+    """``act``, ``smolvla_vlm`` or ``smolvla_expert_only``; ``_look_<look>`` appended unless the look is fast."""
+    tag = family if family != "smolvla" else ("smolvla_expert_only" if train_expert_only else "smolvla_vlm")
+    return tag if look == "fast" else f"{tag}_look_{look}"
 
 
 def run_one(args: argparse.Namespace, train_expert_only: bool | None, work: Path) -> dict:
-    tag = tag_of(args.family, train_expert_only)
+    tag = tag_of(args.family, train_expert_only, args.look)
     base_steps, finetune_steps = DEFAULT_STEPS[args.family]
     changes = {
         "methods": tuple(args.methods),
