@@ -23,8 +23,9 @@ demo:
 	@V="$$($(ENV_SCRIPT) ensure)" && "$$V/bin/craft" demo --output-dir demo-out --overwrite
 
 # One pytest-xdist worker per core; a test file's tests stay on one worker (its module fixtures
-# are built once). PYTEST_ARGS="-n 0" runs them in one process.
-PYTEST_ARGS ?= -n auto --dist loadfile
+# are built once), the slowest files first (tests/conftest.py: SLOWEST_FIRST; xdist would
+# otherwise send the files with the most tests first). PYTEST_ARGS="-n 0" runs them in one process.
+PYTEST_ARGS ?= -n auto --dist loadfile --no-loadscope-reorder
 test:
 	@V="$$($(ENV_SCRIPT) ensure)" && "$$V/bin/python" -m pytest $(PYTEST_ARGS)
 
