@@ -8,8 +8,13 @@ that does to a policy trained on them (not a test).
    images drawn in each look and by the env's own renderer: a policy trained on ``fast`` data
    that succeeds only in the ``fast`` look has learnt the renderer, and ``lerobot-eval`` will
    not reproduce its success.
+3. With ``--policy-seeds N``: the env renderer's rollouts again, same episodes, with N other
+   torch seeds. A flow-matching policy (SmolVLA) draws noise for every action chunk from
+   torch's generator, which each evaluator seeds its own way (the lean loop: the benchmark
+   seed; ``lerobot-eval``: ``--seed``), so the same checkpoint on the same episode need not
+   give the same outcome in both; this shows how much success moves with that draw alone.
 
-    python benchmarks/look_gap.py CHECKPOINT [--task faucet-open-v3] [--episodes 3]
+    python benchmarks/look_gap.py CHECKPOINT [--task faucet-open-v3] [--episodes 3] [--policy-seeds 4]
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ def main() -> None:
     p.add_argument("--task", default=md.TASK_A)
     p.add_argument("--episodes", type=int, default=3)
     p.add_argument("--seed", type=int, default=0, help="the benchmark seed whose rollout episode seeds to use")
+    p.add_argument("--policy-seeds", type=int, default=0,
+                   help="then the env renderer's rollouts with this many other torch seeds (same episodes)")  # fmt: skip
     args = p.parse_args()
     try:
         loaded = ev.load_policy(args.checkpoint)
@@ -50,6 +57,11 @@ def main() -> None:
                                  state_mode="agent", progress=False)  # fmt: skip
         print(f"{name:<13} lean-loop success {res.successes}/{args.episodes} {res.success_steps} "
               f"({res.steps_per_s:.1f} steps/s)", flush=True)  # fmt: skip
+    for k in range(1, args.policy_seeds + 1):  # same episodes (start_seed), another torch seed for the policy
+        res = ev.rollout_success(loaded, args.task, episodes=args.episodes, max_steps=150, seed=args.seed + k,
+                                 start_seed=first, render=looks["env"], state_mode="agent", progress=False)  # fmt: skip
+        print(f"env, torch seed {args.seed + k:<3} lean-loop success {res.successes}/{args.episodes} "
+              f"{res.success_steps}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
