@@ -422,6 +422,10 @@ def rollout_success(
     Observations are made as the dataset ``like`` was (image size, camera, renderer, state
     layout); without it pass ``render`` and ``state_mode`` (defaults: 64 px lean corner2,
     ``agent``). ``max_steps=500`` is what ``lerobot-eval`` runs (:func:`lerobot_eval_success`).
+    A policy that samples (SmolVLA's flow-matching noise per action chunk) draws from torch's
+    generator, seeded here with ``seed`` and by ``lerobot-eval`` with its ``--seed`` after its
+    own set-up, so on the same episodes the two agree on success rates, not episode by episode
+    (``benchmarks/look_gap.py --policy-seeds`` shows how much one draw moves an episode).
     """
     from tqdm.auto import tqdm
 
