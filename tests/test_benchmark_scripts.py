@@ -1,0 +1,26 @@
+"""The benchmark scripts' own small rules (they are not tests; these pin what they write where)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_look_of_the_forgetting_benchmark_has_its_own_results() -> None:
+    """`--look lerobot_eval` wrote over the fast look's benchmarks/results/forgetting_<tag>*."""
+    forgetting = _script("forgetting")
+    assert forgetting.tag_of("smolvla", False) == "smolvla_vlm"
+    assert forgetting.tag_of("smolvla", True, "fast") == "smolvla_expert_only"
+    assert forgetting.tag_of("act", None) == "act"
+    tags = {forgetting.tag_of("smolvla", False, look) for look in forgetting.LOOKS}
+    assert tags == {"smolvla_vlm", "smolvla_vlm_look_lerobot_eval"}
+    assert forgetting.tag_of("act", None, "lerobot_eval") == "act_look_lerobot_eval"
