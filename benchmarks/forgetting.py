@@ -24,7 +24,8 @@ SmolVLA runs once per `--train-expert-only` value (default: both, false first): 
 the VLM too (the demo's setting: the VLM can forget), true is LeRobot's default (VLM frozen).
 Results of each: `benchmarks/results/forgetting_<tag>/` (report.md, report.json, plots) and
 `benchmarks/results/forgetting_<tag>.json`, with tag `act`, `smolvla_vlm` (VLM trainable) or
-`smolvla_expert_only`, plus `_look_lerobot_eval` with `--look lerobot_eval` (the fast look's results stay). Runs go one after another (2 cores: never in parallel).
+`smolvla_expert_only`, plus `_look_lerobot_eval` with `--look lerobot_eval` (the fast look's
+results stay). Runs go one after another (2 cores: never in parallel).
 
     python benchmarks/forgetting.py --family smolvla [--train-expert-only false true] [--seeds 0 1 2]
     python benchmarks/forgetting.py --family act --seeds 0 1 2
@@ -188,7 +189,7 @@ def main() -> None:
     p.add_argument("--conflict-threshold", type=float, default=None, help="CRaFT conflict_threshold (default: not passed)")
     p.add_argument("--look", choices=LOOKS, default="fast",
                    help="how datasets and rollouts are rendered: fast (lean renderer) or lerobot_eval "
-                        "(shadows, 4x supersampling: what stock lerobot-eval shows; 6-8x slower)")  # fmt: skip
+                        "(shadows, 4x supersampling: what stock lerobot-eval shows; 3-8x slower)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="the QUICK plan (a few steps): a smoke test; results stay in --work-dir")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     p.add_argument("--report-only", action="store_true",

@@ -108,8 +108,11 @@ def main() -> None:
     data.update({
         "benchmark": tag, "seed": seed, "work_dir": str(seed_dir),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip() + f", {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
-        "command": " ".join(sys.argv),
     })  # fmt: skip
+    # every invocation that wrote to this file, in order (a file of an older version holds one "command")
+    commands = data.get("commands") or ([data.pop("command")] if "command" in data else [])
+    command = " ".join(sys.argv)
+    data["commands"] = [c for c in commands if c != command] + [command]
     data.setdefault("rows", [])
     for method in args.methods:
         ckpt = _plain(_checkpoint(seed_dir, method), seed_dir / "lerobot_eval" / method / "exported")

@@ -40,14 +40,13 @@ def main() -> None:
         loaded = ev.load_policy(args.checkpoint)
     except FileNotFoundError as err:
         raise SystemExit(str(err)) from None
-    looks = {"fast": md.look_render("fast"), "lerobot_eval": md.look_render("lerobot_eval"),
-             "env": md.RenderOptions(renderer="env")}  # fmt: skip
+    looks = {name: md.look_render(name) for name in md.LOOKS} | {"env": md.RenderOptions(renderer="env")}
     first = ev.rollout_seeds(args.seed, 1)[0]
     imgs = {}
-    for name, r in looks.items():
-        with md.MetaWorldScene(args.task, r.image_size, renderer=r.renderer, shadows=r.shadows, supersample=r.supersample) as s:
-            s.reset(first)
-            imgs[name] = s.image().astype(np.float64)
+    for name, r in looks.items():  # the scenes the rollouts below reuse
+        scene = md.shared_scene(args.task, render=r)
+        scene.reset(first)
+        imgs[name] = scene.image().astype(np.float64)
     for name, img in imgs.items():
         d = np.abs(img - imgs["env"])
         print(f"{name:<13} vs lerobot-eval's view: mean |diff| {d.mean():.2f} / 255, max {d.max():.0f}, "

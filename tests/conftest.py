@@ -50,7 +50,7 @@ def pytest_collection_modifyitems(session, config, items) -> None:  # noqa: ARG0
 
     def key(item) -> int:
         try:
-            name = Path(str(item.path)).resolve().relative_to(tests).as_posix()
+            name = item.path.resolve().relative_to(tests).as_posix()
         except ValueError:
             return len(rank)
         return rank.get(name, len(rank))

@@ -214,7 +214,7 @@ class RenderOptions:
 #: lean renderer as is (fast, but no shadows and no anti-aliasing: at 64 px it
 #: differs from ``lerobot-eval``'s view by 8.8 / 255 per pixel on average, 14 % of pixels by
 #: more than 20). ``lerobot_eval``: shadows on and a 4x supersampled render (0.5 / 255 mean,
-#: no pixel off by more than ~20; 6-8x slower), so a policy trained on it sees at
+#: no pixel off by more than ~20; 3-8x slower), so a policy trained on it sees at
 #: ``lerobot-eval`` time what it was trained on (:func:`look_render`; the gap is measured by
 #: ``tests/demo/test_metaworld_data.py`` and ``benchmarks/look_gap.py``).
 LOOKS: tuple[str, ...] = ("fast", "lerobot_eval")

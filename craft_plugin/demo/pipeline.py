@@ -123,7 +123,7 @@ class DemoPlan:
     replay_episodes: int = 5  #: task-A episodes mixed into B for the replay baseline (20 %)
     image_size: int = 64
     #: How the datasets and lean rollouts are rendered (``metaworld_data.LOOKS``): ``fast`` (the
-    #: demo's) or ``lerobot_eval`` (what stock ``lerobot-eval`` shows the policy; 6-8x slower)
+    #: demo's) or ``lerobot_eval`` (what stock ``lerobot-eval`` shows the policy; 3-8x slower)
     look: str = "fast"
     mcq_train: int = 240  #: smolvla only, as every mcq_* / teach_* / text_hidden / vlm_layers field
     mcq_test: int = 80
