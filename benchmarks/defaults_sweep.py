@@ -9,6 +9,10 @@ and prints held-out task-A / task-B action L1, 20 seeded rollouts per task, and 
         'original=--policy.craft.epsilon_start=1.0 --policy.craft.epsilon_end=0.1 --policy.craft.lambda_lr=0.01' \\
         'tight=--policy.craft.epsilon_start=0.05 --policy.craft.epsilon_end=0.02 --policy.craft.lambda_lr=1.0'
 
+With ``--results FILE`` each setting's figures (flags, cache, steps, L1, successes, final λ and
+``L_ret``, training seconds) are merged into FILE by name, written to a temporary name and renamed,
+so a second invocation (another ``--cache``, other ``--steps``) adds its rows to the same file.
+
 Results in benchmarks/results/NOTES.md came from this script (2-core CPU, 2 threads).
 """
 
@@ -17,11 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import torch
+
+from craft_plugin.cache.shards import atomic_write_bytes
 from craft_plugin.demo import metaworld_data as md
 from craft_plugin.demo.evaluate import action_error, load_policy, rollout_success
 
@@ -39,6 +47,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--rollouts", type=int, default=20)
     p.add_argument("--out", type=Path, default=Path("/tmp/craft-sweep"))
+    p.add_argument("--results", type=Path, default=None, help="merge each setting's figures into this JSON file")
     args = p.parse_args()
     plan = json.loads((args.seed_dir / "plan.json").read_text())
     runs = args.seed_dir / "runs"
@@ -51,6 +60,7 @@ def main() -> None:
     for item in args.settings:
         name, _, flags = item.partition("=")
         out = args.out / name
+        seconds = None
         if not (out / "checkpoints").exists():
             cmd = [
                 str(binary), "--policy.type=craft", f"--policy.base_path={base}", f"--policy.craft.anchor_cache_dir={cache}",
@@ -63,7 +73,8 @@ def main() -> None:
             if res.returncode:
                 print(f"{name}: lerobot-train failed\n{res.stderr[-2000:]}", flush=True)
                 continue
-            print(f"{name}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
+            seconds = time.perf_counter() - t0
+            print(f"{name}: trained in {seconds:.0f} s", flush=True)
         policy = load_policy(out / "checkpoints" / "last" / "pretrained_model")
         l1 = {k: action_error(policy, held[k], progress=False).l1 for k in ("A", "B")}
         wins = {
@@ -77,6 +88,19 @@ def main() -> None:
             f"B {wins['B']}/{args.rollouts} | final λ {last['lambda']:.2f} L_ret {last.get('L_ret', float('nan')):.3f}",
             flush=True,
         )
+        if args.results:
+            _merge(args.results, name, {
+                "flags": flags.split(), "cache": str(cache), "steps": args.steps, "seed": plan["seed"],
+                "l1": l1, "successes": wins, "rollouts": args.rollouts, "final_lambda": last["lambda"],
+                "final_L_ret": last.get("L_ret"), "train_seconds": seconds, "torch_threads": torch.get_num_threads(),
+                "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "seed_dir": str(args.seed_dir),
+            })  # fmt: skip
+
+
+def _merge(path: Path, name: str, row: dict) -> None:
+    data = json.loads(path.read_text()) if path.exists() else {"schema": 1, "settings": {}}
+    data["settings"][name] = row
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 if __name__ == "__main__":
