@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,3 +25,16 @@ def test_each_look_of_the_forgetting_benchmark_has_its_own_results() -> None:
     tags = {forgetting.tag_of("smolvla", False, look) for look in forgetting.LOOKS}
     assert tags == {"smolvla_vlm", "smolvla_vlm_look_lerobot_eval"}
     assert forgetting.tag_of("act", None, "lerobot_eval") == "act_look_lerobot_eval"
+
+
+def test_the_sweep_merges_each_invocation_into_one_results_file(tmp_path: Path) -> None:
+    """Two invocations (another cache, other steps) add their rows; a rerun of a name replaces its row."""
+    sweep = _script("defaults_sweep")
+    out = tmp_path / "sweep.json"
+    sweep._merge(out, "ab32", {"l1": {"A": 0.3, "B": 0.3}})
+    sweep._merge(out, "draws4", {"l1": {"A": 0.2, "B": 0.4}})
+    sweep._merge(out, "ab32", {"l1": {"A": 0.25, "B": 0.3}})
+    data = json.loads(out.read_text())
+    assert list(data["settings"]) == ["ab32", "draws4"]
+    assert data["settings"]["ab32"]["l1"]["A"] == 0.25
+    assert [p.name for p in tmp_path.iterdir()] == ["sweep.json"]  # no temporary file left
