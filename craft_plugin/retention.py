@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from craft_plugin.cache.anchor_cache import AnchorCache
 from craft_plugin.cache.inputs import action_affine, raw_batch, run_preprocessor
 from craft_plugin.cache.manifest import CacheError
-from craft_plugin.config import CraftConfig
+from craft_plugin.config import DEFAULT_ANCHOR_BATCH_SIZE, CraftConfig
 from craft_plugin.core.actions import affine_between, map_action_target
 from craft_plugin.core.losses import hidden_loss, slot_scale, standardize
 from craft_plugin.taps import make_tap
@@ -66,8 +66,15 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 class _AnchorSampler:
     """Seeded anchor batches, counter-based (see the module docstring)."""
 
-    def __init__(self, cache: AnchorCache, batch_size: int, seed: int) -> None:
-        if batch_size > len(cache):
+    def __init__(self, cache: AnchorCache, batch_size: int | None, seed: int) -> None:
+        if batch_size is None:  # the default: DEFAULT_ANCHOR_BATCH_SIZE, or every anchor of a smaller cache
+            batch_size = min(DEFAULT_ANCHOR_BATCH_SIZE, len(cache))
+            if batch_size < DEFAULT_ANCHOR_BATCH_SIZE:
+                logger.info(
+                    "anchor_batch_size: the cache %s holds %d anchors, fewer than the default %d: "
+                    "every anchor in each retention step", cache.directory, len(cache), DEFAULT_ANCHOR_BATCH_SIZE,
+                )
+        elif batch_size > len(cache):
             raise CacheError(
                 f"anchor_batch_size={batch_size} exceeds the {len(cache)} anchors in {cache.directory}; "
                 "lower anchor_batch_size or build a larger cache (--num-anchors)"

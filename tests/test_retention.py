@@ -44,6 +44,28 @@ def test_drifted_student_has_positive_loss_with_gradients(act_world):
     assert policy.model.encoder.layers[0].linear1.weight.grad.abs().sum() > 0
 
 
+def test_default_anchor_batch_is_32_or_every_anchor_of_a_smaller_cache(act_world, tmp_path, caplog):
+    """Unset: DEFAULT_ANCHOR_BATCH_SIZE anchors per step, or all of a smaller cache (said in the log);
+    an explicit value the cache cannot meet still stops."""
+    from craft_plugin.config import DEFAULT_ANCHOR_BATCH_SIZE
+
+    assert DEFAULT_ANCHOR_BATCH_SIZE == 32
+    policy, pre, cache = act_world  # 6 anchors
+    cfg = CraftConfig(pooling=["mean_image_tokens", "cls_token"])
+    with caplog.at_level("INFO", logger="craft_plugin.retention"):
+        small = HiddenRetention(policy, cache, preprocessor=pre, config=cfg)
+    assert small.sampler.batch_size == 6 and small.sampler.next()["index"].shape == (6,)
+    assert "holds 6 anchors, fewer than the default 32: every anchor in each retention step" in caplog.text
+    big = cache_from_policy(policy, pre, make_batch("act", 40, seed=4), tmp_path / "big", actions=False)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="craft_plugin.retention"):
+        ret = HiddenRetention(policy, big, preprocessor=pre, config=cfg)
+    assert ret.sampler.batch_size == 32 and ret.sampler.next()["index"].shape == (32,)
+    assert "fewer than the default" not in caplog.text
+    with pytest.raises(CacheError, match="anchor_batch_size=7 exceeds the 6 anchors"):
+        HiddenRetention(policy, cache, preprocessor=pre, config=CraftConfig(anchor_batch_size=7, pooling=cfg.pooling))
+
+
 def test_each_rank_gets_its_own_sampler_back_from_rank_0s_checkpoint(act_world):
     """Rank r's sampler is seeded r; only rank 0 writes the checkpoint, and every rank draws
     once per retention step: restoring that state gives every rank its own next anchors."""
