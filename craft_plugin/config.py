@@ -8,7 +8,7 @@ Defaults are the original CRaFT's where it had one (``initial_lambda=1.0``,
 actions in ``benchmarks/forgetting.py`` (task-A action error 0.361 against 0.396 for the
 wrapper with CRaFT off, seed 0). The defaults are ``lambda_lr=0.5``,
 ``epsilon_start=0.1 → epsilon_end=0.05`` (standardized units: MSE 0.05 = a twentieth of the
-teacher's variance), chosen from that benchmark's seed-0 sweep (README, "Defaults"), and
+teacher's variance), chosen from that benchmark's seed-0 sweep (`benchmarks/results/NOTES.md`), and
 ``anchor_batch_size`` :data:`DEFAULT_ANCHOR_BATCH_SIZE` instead of 8 (same sweep, see there).
 ``layers``, ``pooling`` and ``anchor_targets`` default to what the anchor cache holds.
 
