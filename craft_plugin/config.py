@@ -43,9 +43,11 @@ from pydantic.dataclasses import dataclass
 __all__ = ["DEFAULT_ANCHOR_BATCH_SIZE", "CraftConfig", "CraftConfigError"]
 
 #: ``anchor_batch_size`` when it is not set (the original CRaFT's was 8). A retention gradient
-#: from 8 anchors is noisy, and λ·g_ret's noise slows the new task (Adam divides every step by
-#: the gradient's running RMS): in ``benchmarks/defaults_sweep.py`` (seed 0, SmolVLA) 32 anchors
-#: per step forgot less *and* learnt task B better than 8, for 1.09x the training time.
+#: from 8 anchors is noisy, and noise in λ·g_ret likely slows the new task (Adam divides every
+#: step by the gradient's running RMS): in ``benchmarks/defaults_sweep.py`` (seed 0, SmolVLA)
+#: 32 anchors per step forgot less *and* learnt task B better than 8. Cost: in
+#: ``benchmarks/forgetting.py`` the CRaFT run took 1.24x naive's training time (1.11x with 8
+#: anchors), each ratio within one script (``benchmarks/results/NOTES.md``).
 DEFAULT_ANCHOR_BATCH_SIZE = 32
 
 logger = logging.getLogger(__name__)
