@@ -56,6 +56,11 @@ def main() -> None:
     held = {k: json.loads((runs / "base" / "eval.json").read_text())["action_error"][k]["dataset"] for k in ("A", "B")}
     base = runs / "base" / "train" / "checkpoints" / "last" / "pretrained_model"
     cache = args.cache or args.seed_dir / "cache"
+    ref = {
+        m: json.loads((runs / m / "eval.json").read_text())["action_error"]
+        for m in ("base", "naive", "replay") if (runs / m / "eval.json").exists()
+    }
+    ref = {m: {k: v[k]["l1"] for k in ("A", "B")} for m, v in ref.items()}
     binary = Path(sys.executable).parent / "lerobot-train"
     for item in args.settings:
         name, _, flags = item.partition("=")
@@ -83,18 +88,30 @@ def main() -> None:
             for k, task, like in (("A", md.TASK_A, a_train), ("B", md.TASK_B, b_train))
         }  # fmt: skip
         last = [json.loads(line) for line in (out / "craft_metrics.jsonl").read_text().splitlines()][-1]
+        vs = {m: _versus(l1, ref[m], ref["base"]) for m in ("naive", "replay") if m in ref}
         print(
             f"{name}: task-A L1 {l1['A']:.3f} | task-B L1 {l1['B']:.3f} | success A {wins['A']}/{args.rollouts} "
-            f"B {wins['B']}/{args.rollouts} | final λ {last['lambda']:.2f} L_ret {last.get('L_ret', float('nan')):.3f}",
+            f"B {wins['B']}/{args.rollouts} | final λ {last['lambda']:.2f} L_ret {last.get('L_ret', float('nan')):.3f}"
+            + "".join(f" | vs {m}: {v['forgetting_less']:.0%} less forgetting, task-B L1 x{v['error_B_ratio']:.2f}"
+                      for m, v in vs.items()),
             flush=True,
         )
         if args.results:
             _merge(args.results, name, {
                 "flags": flags.split(), "cache": str(cache), "steps": args.steps, "seed": plan["seed"],
                 "l1": l1, "successes": wins, "rollouts": args.rollouts, "final_lambda": last["lambda"],
-                "final_L_ret": last.get("L_ret"), "train_seconds": seconds, "torch_threads": torch.get_num_threads(),
+                "final_L_ret": last.get("L_ret"), "versus": vs, "train_seconds": seconds, "torch_threads": torch.get_num_threads(),
                 "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "seed_dir": str(args.seed_dir),
             })  # fmt: skip
+
+
+def _versus(l1: dict[str, float], other: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    """Forgetting (task-A L1 above the base's) as "share less than ``other``'s", and task-B L1 / ``other``'s.
+
+    The benchmark report's two goal figures (`craft_plugin.demo.report`), for one seed.
+    """
+    forgot, forgot_other = l1["A"] - base["A"], other["A"] - base["A"]
+    return {"forgetting_less": 1.0 - forgot / forgot_other, "error_B_ratio": l1["B"] / other["B"]}
 
 
 def _merge(path: Path, name: str, row: dict) -> None:

@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,3 +40,10 @@ def test_the_sweep_merges_each_invocation_into_one_results_file(tmp_path: Path) 
     assert list(data["settings"]) == ["ab32", "draws4"]
     assert data["settings"]["ab32"]["l1"]["A"] == 0.25
     assert [p.name for p in tmp_path.iterdir()] == ["sweep.json"]  # no temporary file left
+
+
+def test_defaults_sweep_versus_gives_the_reports_goal_figures() -> None:
+    # base A 0.2; naive forgets 0.4 - 0.2 = 0.2, the setting 0.25 - 0.2 = 0.05: 75 % less; B 0.3 / 0.25 = 1.2x
+    v = _script("defaults_sweep")._versus({"A": 0.25, "B": 0.3}, {"A": 0.4, "B": 0.25}, {"A": 0.2, "B": 0.5})
+    assert v["forgetting_less"] == pytest.approx(0.75)
+    assert v["error_B_ratio"] == pytest.approx(1.2)
