@@ -78,6 +78,18 @@ def test_unknown_base_option_names_it_and_its_close_matches(world):
         _config(world, base_options={"zzz": 1}).base_config
 
 
+def test_base_option_without_a_space_after_the_colon_says_how_to_write_it(world, monkeypatch):
+    """YAML reads `{dropout:0.25}` as one key 'dropout:0.25'; the message says to add the space."""
+    from craft_plugin.policies.craft.configuration_craft import CraftStartupError
+
+    with pytest.raises(CraftStartupError) as info:
+        _parse_and_validate(world, monkeypatch, "--policy.base_options={dropout:0.25}")
+    assert info.value.code == (
+        "craft: --policy.base_options: the act base config has no option 'dropout:0.25'; "
+        "it reads as one key: write '{dropout: 0.25}' (a space after the colon) or JSON '{\"dropout\": 0.25}'"
+    )
+
+
 def test_unknown_base_option_reaches_the_user_through_lerobot_trains_parser(world, monkeypatch):
     """LeRobot's own parser and `TrainPipelineConfig.validate` (what `lerobot-train` runs first):
     the message alone (a SystemExit, so no traceback), the ValueError kept as its cause."""

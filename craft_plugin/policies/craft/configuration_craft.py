@@ -281,12 +281,19 @@ def apply_base_options(base: PreTrainedConfig, options: dict[str, Any] | None) -
     values: dict[str, Any] = {}
     for name, value in options.items():
         if name not in fields:
+            key, colon, rest = str(name).partition(":")
             close = difflib.get_close_matches(str(name), list(fields), n=5, cutoff=0.6)
-            hint = (
-                f"close matches: {', '.join(close)}"
-                if close
-                else f"the {kind} config's options are: {', '.join(sorted(fields))}"
-            )
+            if colon and key.strip() in fields and value is None:
+                # YAML reads `{dropout:0.25}` (no space after the colon) as the key 'dropout:0.25'.
+                key, rest = key.strip(), rest.strip()
+                hint = (
+                    f"it reads as one key: write '{{{key}: {rest}}}' (a space after the colon) "
+                    f'or JSON \'{{"{key}": {rest}}}\''
+                )
+            elif close:
+                hint = f"close matches: {', '.join(close)}"
+            else:
+                hint = f"the {kind} config's options are: {', '.join(sorted(fields))}"
             raise ValueError(f"--policy.base_options: the {kind} base config has no option {name!r}; {hint}")
         typ = hints.get(name, fields[name].type)
         values[name] = _typed_value(kind, name, value, typ)
