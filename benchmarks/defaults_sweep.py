@@ -87,11 +87,12 @@ def main() -> None:
                                like=like, progress=False).successes
             for k, task, like in (("A", md.TASK_A, a_train), ("B", md.TASK_B, b_train))
         }  # fmt: skip
-        last = [json.loads(line) for line in (out / "craft_metrics.jsonl").read_text().splitlines()][-1]
+        last = _last_metrics(out)
         vs = {m: _versus(l1, ref[m], ref["base"]) for m in ("naive", "replay") if m in ref}
         print(
             f"{name}: task-A L1 {l1['A']:.3f} | task-B L1 {l1['B']:.3f} | success A {wins['A']}/{args.rollouts} "
-            f"B {wins['B']}/{args.rollouts} | final λ {last['lambda']:.2f} L_ret {last.get('L_ret', float('nan')):.3f}"
+            f"B {wins['B']}/{args.rollouts} | "
+            + (f"final λ {last['lambda']:.2f} L_ret {last.get('L_ret', float('nan')):.3f}" if last else "CRaFT off")
             + "".join(f" | vs {m}: {v['forgetting_less']:.0%} less forgetting, task-B L1 x{v['error_B_ratio']:.2f}"
                       for m, v in vs.items()),
             flush=True,
@@ -99,10 +100,19 @@ def main() -> None:
         if args.results:
             _merge(args.results, name, {
                 "flags": flags.split(), "cache": str(cache), "steps": args.steps, "seed": plan["seed"],
-                "l1": l1, "successes": wins, "rollouts": args.rollouts, "final_lambda": last["lambda"],
+                "l1": l1, "successes": wins, "rollouts": args.rollouts, "final_lambda": last.get("lambda"),
                 "final_L_ret": last.get("L_ret"), "versus": vs, "train_seconds": seconds, "torch_threads": torch.get_num_threads(),
                 "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "seed_dir": str(args.seed_dir),
             })  # fmt: skip
+
+
+def _last_metrics(out: Path) -> dict:
+    """The run's last `craft_metrics.jsonl` record; ``{}`` when CRaFT was off (the file is not written)."""
+    path = out / "craft_metrics.jsonl"
+    if not path.exists():
+        return {}
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else {}
 
 
 def _versus(l1: dict[str, float], other: dict[str, float], base: dict[str, float]) -> dict[str, float]:

@@ -47,3 +47,11 @@ def test_defaults_sweep_versus_gives_the_reports_goal_figures() -> None:
     v = _script("defaults_sweep")._versus({"A": 0.25, "B": 0.3}, {"A": 0.4, "B": 0.25}, {"A": 0.2, "B": 0.5})
     assert v["forgetting_less"] == pytest.approx(0.75)
     assert v["error_B_ratio"] == pytest.approx(1.2)
+
+
+def test_defaults_sweep_reads_a_craft_off_run_without_metrics(tmp_path: Path) -> None:
+    """A `--policy.craft.enabled=false` setting writes no craft_metrics.jsonl: no figures, no crash."""
+    last = _script("defaults_sweep")._last_metrics
+    assert last(tmp_path) == {}
+    (tmp_path / "craft_metrics.jsonl").write_text('{"step": 10, "lambda": 1.5}\n{"step": 20, "lambda": 1.25}\n\n')
+    assert last(tmp_path) == {"step": 20, "lambda": 1.25}
