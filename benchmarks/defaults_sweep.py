@@ -13,6 +13,9 @@ With ``--results FILE`` each setting's figures (flags, cache, steps, L1, success
 ``L_ret``, training seconds) are merged into FILE by name, written to a temporary name and renamed,
 so a second invocation (another ``--cache``, other ``--steps``) adds its rows to the same file.
 
+The seed folder's own runs (base, naive, craft_off, replay, craft_hidden) go into FILE as
+``"reference"``; `benchmarks/sweep_report.py FILE...` averages several seeds' files.
+
 Results in benchmarks/results/NOTES.md came from this script (2-core CPU, 2 threads).
 """
 
@@ -56,11 +59,10 @@ def main() -> None:
     held = {k: json.loads((runs / "base" / "eval.json").read_text())["action_error"][k]["dataset"] for k in ("A", "B")}
     base = runs / "base" / "train" / "checkpoints" / "last" / "pretrained_model"
     cache = args.cache or args.seed_dir / "cache"
-    ref = {
-        m: json.loads((runs / m / "eval.json").read_text())["action_error"]
-        for m in ("base", "naive", "replay") if (runs / m / "eval.json").exists()
-    }
-    ref = {m: {k: v[k]["l1"] for k in ("A", "B")} for m, v in ref.items()}
+    reference = _reference(args.seed_dir)
+    ref = {m: v["l1"] for m, v in reference.items()}
+    if args.results:
+        _merge_reference(args.results, reference)
     binary = Path(sys.executable).parent / "lerobot-train"
     for item in args.settings:
         name, _, flags = item.partition("=")
@@ -122,6 +124,30 @@ def _versus(l1: dict[str, float], other: dict[str, float], base: dict[str, float
     """
     forgot, forgot_other = l1["A"] - base["A"], other["A"] - base["A"]
     return {"forgetting_less": 1.0 - forgot / forgot_other, "error_B_ratio": l1["B"] / other["B"]}
+
+
+def _reference(seed_dir: Path) -> dict[str, dict]:
+    """The seed folder's own runs (base, naive, craft_off, replay, craft_hidden): L1 and successes per task.
+
+    Stored in the results file (``"reference"``) so that `benchmarks/sweep_report.py` needs no seed folder.
+    """
+    out = {}
+    for m in ("base", "naive", "craft_off", "replay", "craft_hidden"):
+        path = seed_dir / "runs" / m / "eval.json"
+        if path.exists():
+            ev = json.loads(path.read_text())
+            out[m] = {
+                "l1": {k: ev["action_error"][k]["l1"] for k in ("A", "B")},
+                "successes": {k: ev["success"][k]["successes"] for k in ("A", "B")} if "success" in ev else None,
+                "rollouts": ev["success"]["A"]["episodes"] if "success" in ev else None,
+            }
+    return out
+
+
+def _merge_reference(path: Path, reference: dict[str, dict]) -> None:
+    data = json.loads(path.read_text()) if path.exists() else {"schema": 1, "settings": {}}
+    data["reference"] = reference
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def _merge(path: Path, name: str, row: dict) -> None:

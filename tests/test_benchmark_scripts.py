@@ -55,3 +55,30 @@ def test_defaults_sweep_reads_a_craft_off_run_without_metrics(tmp_path: Path) ->
     assert last(tmp_path) == {}
     (tmp_path / "craft_metrics.jsonl").write_text('{"step": 10, "lambda": 1.5}\n{"step": 20, "lambda": 1.25}\n\n')
     assert last(tmp_path) == {"step": 20, "lambda": 1.25}
+
+
+def test_sweep_report_averages_seeds_against_each_seeds_own_naive_and_replay(tmp_path: Path) -> None:
+    sweep, report = _script("defaults_sweep"), _script("sweep_report")
+    files = []
+    for seed, (naive_a, setting_a) in enumerate([(0.4, 0.25), (0.6, 0.2)]):
+        out = tmp_path / f"seed{seed}.json"
+        ref = {
+            "base": {"l1": {"A": 0.2, "B": 0.5}, "successes": {"A": 20, "B": 0}, "rollouts": 20},
+            "naive": {"l1": {"A": naive_a, "B": 0.25}, "successes": {"A": 0, "B": 12}, "rollouts": 20},
+            "replay": {"l1": {"A": 0.3, "B": 0.25}, "successes": {"A": 1, "B": 10}, "rollouts": 20},
+        }
+        sweep._merge_reference(out, ref)
+        sweep._merge(out, "eps02", {"l1": {"A": setting_a, "B": 0.3 + 0.1 * seed}, "successes": {"A": 2, "B": 3}, "rollouts": 20,
+                                    "flags": ["--policy.craft.epsilon_end=0.1"]})  # fmt: skip
+        files.append(json.loads(out.read_text()))
+    rows = {r["label"]: r for r in report.rows(files)}
+    assert list(rows) == [report.REFERENCE["naive"], report.REFERENCE["replay"], "eps02"]  # no craft_off / craft_hidden given
+    eps = rows["eps02"]
+    # seed 0: naive forgets 0.2, eps02 0.05 → 75 % less; seed 1: naive 0.4, eps02 0.0 → 100 % less. B: 1.2x, 1.6x
+    assert eps["forgetting_less"] == pytest.approx([0.75, 1.0])
+    assert eps["error_B_ratio"] == pytest.approx([1.2, 1.6])
+    assert eps["replay_forgetting_less"] == pytest.approx([0.5, 1.0])  # replay forgets 0.1 on both seeds
+    assert (eps["successes"], eps["rollouts"]) == ({"A": 4, "B": 6}, 40)
+    text = report.table(files)
+    assert "| eps02 (`--policy.craft.epsilon_end=0.1`) | 2 | 88% ± 18 | 1.40x ± 0.28 | 75% ± 35 | 1.40x ± 0.28 | 4 / 6 (of 40) |" in text
+    assert rows[report.REFERENCE["naive"]]["forgetting_less"] == [0.0, 0.0]
