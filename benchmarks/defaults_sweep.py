@@ -35,6 +35,7 @@ import torch
 from craft_plugin.cache.shards import atomic_write_bytes
 from craft_plugin.demo import metaworld_data as md
 from craft_plugin.demo.evaluate import action_error, load_policy, rollout_success
+from craft_plugin.demo.report import read_metrics_jsonl, versus
 
 
 def _dataset_root(run: Path) -> str:
@@ -90,7 +91,7 @@ def main() -> None:
             for k, task, like in (("A", md.TASK_A, a_train), ("B", md.TASK_B, b_train))
         }  # fmt: skip
         last = _last_metrics(out)
-        vs = {m: _versus(l1, ref[m], ref["base"]) for m in ("naive", "replay") if m in ref}
+        vs = {m: versus(l1, ref[m], ref["base"]) for m in ("naive", "replay") if m in ref}
         print(
             f"{name}: task-A L1 {l1['A']:.3f} | task-B L1 {l1['B']:.3f} | success A {wins['A']}/{args.rollouts} "
             f"B {wins['B']}/{args.rollouts} | "
@@ -111,19 +112,8 @@ def main() -> None:
 def _last_metrics(out: Path) -> dict:
     """The run's last `craft_metrics.jsonl` record; ``{}`` when CRaFT was off (the file is not written)."""
     path = out / "craft_metrics.jsonl"
-    if not path.exists():
-        return {}
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    return json.loads(lines[-1]) if lines else {}
-
-
-def _versus(l1: dict[str, float], other: dict[str, float], base: dict[str, float]) -> dict[str, float]:
-    """Forgetting (task-A L1 above the base's) as "share less than ``other``'s", and task-B L1 / ``other``'s.
-
-    The benchmark report's two goal figures (`craft_plugin.demo.report`), for one seed.
-    """
-    forgot, forgot_other = l1["A"] - base["A"], other["A"] - base["A"]
-    return {"forgetting_less": 1.0 - forgot / forgot_other, "error_B_ratio": l1["B"] / other["B"]}
+    rows = read_metrics_jsonl(path) if path.exists() else []
+    return rows[-1] if rows else {}
 
 
 def _reference(seed_dir: Path) -> dict[str, dict]:
@@ -145,14 +135,17 @@ def _reference(seed_dir: Path) -> dict[str, dict]:
 
 
 def _merge_reference(path: Path, reference: dict[str, dict]) -> None:
-    data = json.loads(path.read_text()) if path.exists() else {"schema": 1, "settings": {}}
-    data["reference"] = reference
-    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+    _update(path, lambda data: data.update(reference=reference))
 
 
 def _merge(path: Path, name: str, row: dict) -> None:
+    _update(path, lambda data: data["settings"].update({name: row}))
+
+
+def _update(path: Path, change) -> None:
+    """Read FILE (or a new one), apply ``change`` to its dict, write it to a temporary name and rename."""
     data = json.loads(path.read_text()) if path.exists() else {"schema": 1, "settings": {}}
-    data["settings"][name] = row
+    change(data)
     atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 

@@ -17,6 +17,8 @@ import json
 import statistics
 from pathlib import Path
 
+from craft_plugin.demo.report import versus
+
 #: The seed folder's runs, in the order the table lists them, and their row labels.
 REFERENCE = {
     "naive": "naive (`--policy.path`)",
@@ -26,11 +28,6 @@ REFERENCE = {
 }
 
 
-def versus(l1: dict[str, float], other: dict[str, float], base: dict[str, float]) -> tuple[float, float]:
-    """(share of ``other``'s forgetting avoided, task-B L1 / ``other``'s), as in `defaults_sweep._versus`."""
-    return 1.0 - (l1["A"] - base["A"]) / (other["A"] - base["A"]), l1["B"] / other["B"]
-
-
 def rows(files: list[dict]) -> list[dict]:
     """One row per reference run and per setting, each averaged over the files that have it."""
     names = [m for m in REFERENCE if all(m in f["reference"] for f in files)]
@@ -38,20 +35,19 @@ def rows(files: list[dict]) -> list[dict]:
     for f in files:
         seen += [n for n in f["settings"] if n not in seen]
     out = []
-    for label, entries in [(REFERENCE[m], [(f["reference"][m], f) for f in files]) for m in names] + [
-        (n, [(f["settings"][n], f) for f in files if n in f["settings"]]) for n in seen
-    ]:
-        ref = [(r, f["reference"]) for r, f in entries]
-        vs_naive = [versus(r["l1"], fr["naive"]["l1"], fr["base"]["l1"]) for r, fr in ref]
-        vs_replay = [versus(r["l1"], fr["replay"]["l1"], fr["base"]["l1"]) for r, fr in ref if "replay" in fr]
+    groups = [(REFERENCE[m], [(f["reference"][m], f["reference"]) for f in files]) for m in names]
+    groups += [(n, [(f["settings"][n], f["reference"]) for f in files if n in f["settings"]]) for n in seen]
+    for label, entries in groups:
+        vs_naive = [versus(r["l1"], ref["naive"]["l1"], ref["base"]["l1"]) for r, ref in entries]
+        vs_replay = [versus(r["l1"], ref["replay"]["l1"], ref["base"]["l1"]) for r, ref in entries if "replay" in ref]
         wins = [r.get("successes") for r, _ in entries]
-        rollouts = [r.get("rollouts", 20) for r, _ in entries]
         out.append({
             "label": label, "seeds": len(entries),
-            "forgetting_less": [v[0] for v in vs_naive], "error_B_ratio": [v[1] for v in vs_naive],
-            "replay_forgetting_less": [v[0] for v in vs_replay], "replay_error_B_ratio": [v[1] for v in vs_replay],
+            "forgetting_less": [v["forgetting_less"] for v in vs_naive], "error_B_ratio": [v["error_B_ratio"] for v in vs_naive],
+            "replay_forgetting_less": [v["forgetting_less"] for v in vs_replay],
+            "replay_error_B_ratio": [v["error_B_ratio"] for v in vs_replay],
             "successes": None if None in wins else {k: sum(w[k] for w in wins) for k in ("A", "B")},
-            "rollouts": sum(rollouts),
+            "rollouts": sum(r.get("rollouts") or 0 for r, _ in entries),
             "flags": " ".join(entries[0][0].get("flags", [])),
         })  # fmt: skip
     return out
@@ -87,7 +83,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path, nargs="+", help="defaults_sweep.py --results files, one per seed")
     args = p.parse_args()
-    files = [json.loads(path.read_text()) for path in args.results]
+    files = []
+    for path in args.results:
+        try:
+            files.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise SystemExit(f"sweep_report: cannot read {path} ({err}); give the files benchmarks/defaults_sweep.py "
+                             "--results wrote, e.g. benchmarks/results/defaults_sweep_smolvla_vlm_seed0_ab32.json") from None
     missing = [str(path) for path, f in zip(args.results, files, strict=True) if "reference" not in f]
     if missing:
         raise SystemExit(

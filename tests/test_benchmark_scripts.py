@@ -44,7 +44,9 @@ def test_the_sweep_merges_each_invocation_into_one_results_file(tmp_path: Path) 
 
 def test_defaults_sweep_versus_gives_the_reports_goal_figures() -> None:
     # base A 0.2; naive forgets 0.4 - 0.2 = 0.2, the setting 0.25 - 0.2 = 0.05: 75 % less; B 0.3 / 0.25 = 1.2x
-    v = _script("defaults_sweep")._versus({"A": 0.25, "B": 0.3}, {"A": 0.4, "B": 0.25}, {"A": 0.2, "B": 0.5})
+    from craft_plugin.demo.report import versus
+
+    v = versus({"A": 0.25, "B": 0.3}, {"A": 0.4, "B": 0.25}, {"A": 0.2, "B": 0.5})
     assert v["forgetting_less"] == pytest.approx(0.75)
     assert v["error_B_ratio"] == pytest.approx(1.2)
 
@@ -82,3 +84,11 @@ def test_sweep_report_averages_seeds_against_each_seeds_own_naive_and_replay(tmp
     text = report.table(files)
     assert "| eps02 (`--policy.craft.epsilon_end=0.1`) | 2 | 88% ± 18 | 1.40x ± 0.28 | 75% ± 35 | 1.40x ± 0.28 | 4 / 6 (of 40) |" in text
     assert rows[report.REFERENCE["naive"]]["forgetting_less"] == [0.0, 0.0]
+
+
+def test_sweep_report_names_a_file_it_cannot_read(tmp_path: Path, monkeypatch) -> None:
+    """A wrong path is one message naming it, not a traceback."""
+    monkeypatch.setattr("sys.argv", ["sweep_report.py", str(tmp_path / "nope.json")])
+    with pytest.raises(SystemExit) as info:
+        _script("sweep_report").main()
+    assert str(info.value).startswith(f"sweep_report: cannot read {tmp_path / 'nope.json'} (")

@@ -86,6 +86,7 @@ __all__ = [
     "dir_bytes",
     "load_run",
     "mcq_summary",
+    "versus",
     "parse_train_log",
     "read_metrics_jsonl",
     "update_eval_json",
@@ -466,6 +467,17 @@ def _add_relative(rows: list[dict[str, Any]], methods: Mapping[str, list[RunData
             ):  # fmt: skip
                 mean, sd, n = _mean_sd(values)
                 row[key] = {"mean": mean, "sd": sd, "n": n, "of_means": of_means if n else None}
+
+
+def versus(l1: Mapping[str, float], other: Mapping[str, float], base: Mapping[str, float]) -> dict[str, float]:
+    """One run's goal figures against ``other`` (both as held-out L1 per task, ``"A"`` and ``"B"``).
+
+    ``forgetting_less``: 1 − (``l1["A"]`` − ``base["A"]``) / (``other["A"]`` − ``base["A"]``), the share of
+    ``other``'s forgetting avoided (0.5 = "50 % less"); ``error_B_ratio``: ``l1["B"]`` / ``other["B"]``.
+    The per-seed figures of :func:`build_report`'s ``forgetting_less_than_<ref>`` / ``error_B_vs_<ref>``.
+    """
+    forgot, forgot_other = l1["A"] - base["A"], other["A"] - base["A"]
+    return {"forgetting_less": 1.0 - forgot / forgot_other, "error_B_ratio": l1["B"] / other["B"]}
 
 
 def _ratio(value: float | None, ref: float | None, *, less: bool = False) -> float | None:

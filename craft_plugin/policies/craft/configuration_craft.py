@@ -281,11 +281,10 @@ def apply_base_options(base: PreTrainedConfig, options: dict[str, Any] | None) -
     values: dict[str, Any] = {}
     for name, value in options.items():
         if name not in fields:
-            key, colon, rest = str(name).partition(":")
+            # YAML reads `{dropout:0.25}` (no space after the colon) as the one key 'dropout:0.25'.
+            key, colon, rest = (part.strip() for part in str(name).partition(":"))
             close = difflib.get_close_matches(str(name), list(fields), n=5, cutoff=0.6)
-            if colon and key.strip() in fields and value is None:
-                # YAML reads `{dropout:0.25}` (no space after the colon) as the key 'dropout:0.25'.
-                key, rest = key.strip(), rest.strip()
+            if colon and key in fields and value is None:
                 hint = (
                     f"it reads as one key: write '{{{key}: {rest}}}' (a space after the colon) "
                     f'or JSON \'{{"{key}": {rest}}}\''
