@@ -39,7 +39,10 @@ def fresh(tmp_path_factory):
     """(tmp folder, env) with the fresh environment's bin/ first on PATH."""
     assert UV.is_file(), f"{UV} missing: the set-up (scripts/craft-env.sh) installs uv into the environment"
     tmp = tmp_path_factory.mktemp("wheel")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    # PYTHONDONTWRITEBYTECODE (set on this machine and in CI) would make every command below
+    # recompile torch, transformers and lerobot from source: ~2.5x slower imports, ~200 s over the
+    # file. A pip install writes the bytecode; here the first import writes what is imported.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE")}
     for project in (ROOT, ROOT / "lerobot_policy_craft"):
         _run([str(UV), "build", "--quiet", "--wheel", "--python", sys.executable, "--out-dir", str(tmp / "dist"), str(project)], env, tmp)
     (wheel,) = (tmp / "dist").glob("craft_plugin-*.whl")
