@@ -9,6 +9,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch thread per test process and its subprocesses (set before torch is imported, so the
+# `lerobot-train` / `craft` subprocesses inherit it): `make test` runs one pytest-xdist worker per
+# core, and the tiny models run no faster on two threads than on one (craft_plugin/demo/pipeline.py
+# says the same of the demo's rollouts), while two workers' four threads on two cores wait on
+# each other. A value already set is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:

@@ -58,11 +58,12 @@ def _craft_args(world: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(world, tmp_path_factory):
-    """One 4-step craft run (way in (a)) shared by the tests that read its log and checkpoint.
-    No --output_dir: LeRobot chooses the run folder after the policy is built, and the policy's
-    metrics reach it at the first checkpoint (craft_plugin/policies/craft/run_config.py)."""
+    """One 4-step craft run (way in (a)) shared by the tests that read its log and checkpoints
+    (steps 2 and 4: the resume test restarts from step 2's). No --output_dir: LeRobot chooses the
+    run folder after the policy is built, and the policy's metrics reach it at the first
+    checkpoint (craft_plugin/policies/craft/run_config.py)."""
     cwd = tmp_path_factory.mktemp("trained")
-    res = _train(world, None, *_craft_args(world), cwd=cwd)
+    res = _train(world, None, *_craft_args(world), "--save_freq=2", cwd=cwd)
     assert res.returncode == 0, res.stderr[-3000:]
     (run,) = (cwd / "outputs" / "train").glob("*/*_craft")
     return run, res.stdout + res.stderr
@@ -119,13 +120,13 @@ def test_craft_switched_off_logs_the_same_losses_as_a_plain_run_of_its_base(worl
 # --output_dir: tests/test_wheel.py, from the built wheels in a fresh environment.
 
 
-def test_resume_restores_lambda_step_schedule_and_sampler(world, tmp_path):
-    """LeRobot's --resume does not replay batches, so compare CRaFT's state, not trajectories."""
+def test_resume_restores_lambda_step_schedule_and_sampler(world, trained, tmp_path):
+    """LeRobot's --resume does not replay batches, so compare CRaFT's state, not trajectories.
+    The uninterrupted run is the `trained` fixture's (λ lr 0.5, checkpoints at steps 2 and 4)."""
     import shutil
 
-    straight = tmp_path / "straight"
-    res = _train(world, straight, *_craft_args(world), "--save_freq=2", "--policy.craft.lambda_lr=0.5")
-    assert res.returncode == 0, res.stderr[-3000:]
+    straight = trained[0]
+    assert "λ lr=0.5" in trained[1]
     full = [json.loads(line) for line in (straight / "craft_metrics.jsonl").read_text().splitlines()]
 
     # A run killed after step 4, whose last checkpoint is step 2's: a copy of the run with only
@@ -185,8 +186,14 @@ print("plugin importable:", "craft_plugin" in sys.modules and sys.modules["craft
 def test_export_loads_in_stock_lerobot_and_predicts_the_same_actions(trained, tmp_path):
     ckpt = trained[0] / "checkpoints" / "000004" / "pretrained_model"
     out = tmp_path / "exported"
-    exp = subprocess.run([str(BIN / "craft"), "export", str(ckpt), str(out)], capture_output=True, text=True, timeout=120)
-    assert exp.returncode == 0 and "exported the act base policy" in exp.stdout, exp.stderr
+    # `craft export` in-process (Typer's CliRunner: the same command without a start-up); loading
+    # the export without the plugin below needs a process of its own.
+    from typer.testing import CliRunner
+
+    from craft_plugin.cli import app
+
+    exp = CliRunner().invoke(app, ["export", str(ckpt), str(out)])
+    assert exp.exit_code == 0 and "exported the act base policy" in exp.output, exp.output[-3000:]
     assert json.loads((out / "config.json").read_text())["type"] == "act"
 
     from lerobot.policies.factory import make_pre_post_processors
@@ -333,8 +340,12 @@ def test_lora_run_trains_with_craft_and_changes_only_adapter_weights(world, tmp_
     # `craft export` merges the adapters into the base weights: what PEFT itself computes
     from safetensors.torch import load_file
 
-    exp = subprocess.run([str(BIN / "craft"), "export", str(ckpt), str(tmp_path / "exported")], capture_output=True, text=True, timeout=120)
-    assert exp.returncode == 0, exp.stderr[-2000:]
+    from typer.testing import CliRunner
+
+    from craft_plugin.cli import app
+
+    exp = CliRunner().invoke(app, ["export", str(ckpt), str(tmp_path / "exported")])  # in-process, as above
+    assert exp.exit_code == 0, exp.output[-2000:]
     exported = load_file(str(tmp_path / "exported" / "model.safetensors"))
     original = load_file(str(world / "act" / "model.safetensors"))
     merged = load_file(str(probe_dir / "lora_merged.safetensors"))
