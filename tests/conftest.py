@@ -28,9 +28,9 @@ quiet_torchcodec_warning()  # LeRobot's 30-line torchcodec warning, in one line,
 
 #: The slowest test files first, so that `make test`'s two pytest-xdist workers (one file at a
 #: time, --dist loadfile --no-loadscope-reorder) do not end with one of them alone on a long file.
-#: Seconds per file measured on this 2-core machine (2026-12-02, with a benchmark beside it):
-#: test_lerobot_train ~270, test_demo_quick ~176, test_wheel ~122, test_example ~76,
-#: test_evaluate ~70, test_build_cache ~58; the rest take < 40 s each and keep their order.
+#: Seconds per file measured on this 2-core machine (2026-12-03, quiet cores, whole suite 588 s):
+#: test_wheel ~208, test_lerobot_train ~207, test_demo_quick ~152, test_evaluate ~94,
+#: test_lerobot_train_vla ~69; the rest take < 45 s each and keep their order.
 SLOWEST_FIRST: tuple[str, ...] = (
     "policies/test_lerobot_train.py",
     "demo/test_demo_quick.py",
