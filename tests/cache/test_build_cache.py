@@ -16,6 +16,7 @@ import torch
 from craft_plugin.cache import AnchorCache
 from craft_plugin.cache.builder import BuildOptions, build_cache
 from craft_plugin.cache.manifest import load_manifest
+from support.cli import craft_cli
 from craft_plugin.core.losses import hidden_mse
 from craft_plugin.taps import make_tap
 from support.policy_cache import preprocessed_rows, teacher_preprocessor
@@ -71,22 +72,15 @@ def test_cli_build_summary_rerun_and_cache_info(world, tmp_path):
     assert set(m.input_keys) == {"observation.images.top", "observation.state", "action", "action_is_pad"}
     assert len(m.dataset.anchor_indices) == 10 and m.versions["lerobot"].startswith("0.6")
 
-    # The rest in-process (Typer's CliRunner: the same commands, without a start-up each; the
-    # subprocess above and the last one below check the console output itself).
-    from typer.testing import CliRunner
-
-    from craft_plugin.cli import app
-
-    def cli(*argv: str):
-        return CliRunner().invoke(app, list(argv))
-
-    again = cli(*_args(world, out)[1:])
+    # The rest in-process (`craft_cli`; the subprocess above and the last one below check the console
+    # output itself).
+    again = craft_cli(*_args(world, out)[1:])
     assert again.exit_code == 0 and "already complete (10 anchors); nothing to do" in again.output
 
-    other = cli(*_args(world, out, "--seed=5")[1:])
+    other = craft_cli(*_args(world, out, "--seed=5")[1:])
     assert other.exit_code == 2 and "built with different arguments" in other.output and "--overwrite" in other.output
 
-    info = cli("cache-info", str(out))
+    info = craft_cli("cache-info", str(out))
     assert info.exit_code == 0, info.output
     assert "anchors   10/10 in 3 shard(s)" in info.output and info.output.count("ok        shard_") == 3
 
@@ -94,7 +88,7 @@ def test_cli_build_summary_rerun_and_cache_info(world, tmp_path):
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01
     shard.write_bytes(bytes(data))
-    info = cli("cache-info", str(out))
+    info = craft_cli("cache-info", str(out))
     assert info.exit_code == 1 and "CORRUPT   shard_00001.safetensors" in info.output
 
     (out / "manifest.json").write_text((out / "manifest.json").read_text()[:100])
@@ -139,16 +133,12 @@ def test_kill_9_mid_build_then_rerun_equals_an_uninterrupted_build(world, tmp_pa
     partial = load_manifest(killed)
     assert not partial.complete and 2 <= len(partial.shards) < 10, "the build must have died part-way"
 
-    # The rerun and the uninterrupted build in-process (Typer's CliRunner: the same command
-    # without a ~20 s start-up each); only the build that is killed needs a process of its own.
-    from typer.testing import CliRunner
-
-    from craft_plugin.cli import app
-
-    res = CliRunner().invoke(app, args[1:])
+    # The rerun and the uninterrupted build in-process (`craft_cli`); only the build that is killed
+    # needs a process of its own.
+    res = craft_cli(*args[1:])
     assert res.exit_code == 0 and "resumed: " in res.output, res.output[-2000:]
     args_straight = [a if not a.startswith("--output-dir=") else f"--output-dir={straight}" for a in args]
-    res = CliRunner().invoke(app, args_straight[1:])
+    res = craft_cli(*args_straight[1:])
     assert res.exit_code == 0, res.output[-2000:]
     a, b = load_manifest(killed), load_manifest(straight)
     assert [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards] and len(a.shards) == 10

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from support.cli import craft_cli
 from support.train_log import has_traceback
 from support.train_log import parse_steps as _steps
 
@@ -186,13 +187,9 @@ print("plugin importable:", "craft_plugin" in sys.modules and sys.modules["craft
 def test_export_loads_in_stock_lerobot_and_predicts_the_same_actions(trained, tmp_path):
     ckpt = trained[0] / "checkpoints" / "000004" / "pretrained_model"
     out = tmp_path / "exported"
-    # `craft export` in-process (Typer's CliRunner: the same command without a start-up); loading
-    # the export without the plugin below needs a process of its own.
-    from typer.testing import CliRunner
-
-    from craft_plugin.cli import app
-
-    exp = CliRunner().invoke(app, ["export", str(ckpt), str(out)])
+    # `craft export` in-process (`craft_cli`); loading the export without the plugin below needs
+    # a process of its own.
+    exp = craft_cli("export", str(ckpt), str(out))
     assert exp.exit_code == 0 and "exported the act base policy" in exp.output, exp.output[-3000:]
     assert json.loads((out / "config.json").read_text())["type"] == "act"
 
@@ -340,11 +337,7 @@ def test_lora_run_trains_with_craft_and_changes_only_adapter_weights(world, tmp_
     # `craft export` merges the adapters into the base weights: what PEFT itself computes
     from safetensors.torch import load_file
 
-    from typer.testing import CliRunner
-
-    from craft_plugin.cli import app
-
-    exp = CliRunner().invoke(app, ["export", str(ckpt), str(tmp_path / "exported")])  # in-process, as above
+    exp = craft_cli("export", str(ckpt), str(tmp_path / "exported"))
     assert exp.exit_code == 0, exp.output[-2000:]
     exported = load_file(str(tmp_path / "exported" / "model.safetensors"))
     original = load_file(str(world / "act" / "model.safetensors"))
