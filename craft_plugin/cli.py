@@ -11,6 +11,7 @@ import typer
 
 from craft_plugin import __version__
 from craft_plugin.config import CraftConfig, CraftConfigError, config_reference_markdown
+from craft_plugin.demo.lerobot_logging import quiet_torchcodec_warning
 
 app = typer.Typer(
     name="craft",
@@ -24,29 +25,6 @@ def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"craft-plugin {__version__}")
         raise typer.Exit()
-
-
-class OneLineTorchcodecWarning(logging.Filter):
-    """LeRobot logs torchcodec's whole load failure (~30 lines with a traceback, on every start of
-    a machine without FFmpeg's libraries) before it falls back to pyav. Keep the warning, in one
-    line that says what happens and where the details are; any other record passes unchanged."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "torchcodec" in message and "Falling back to 'pyav'" in message and "\n" in message:
-            record.msg = (
-                "torchcodec cannot load its FFmpeg libraries here, so LeRobot decodes video with pyav "
-                "(the details: python -c 'import torchcodec')"
-            )
-            record.args = ()
-        return True
-
-
-def quiet_torchcodec_warning() -> None:
-    """Install :class:`OneLineTorchcodecWarning` on LeRobot's import-utils logger (idempotent)."""
-    target = logging.getLogger("lerobot.utils.import_utils")
-    if not any(isinstance(f, OneLineTorchcodecWarning) for f in target.filters):
-        target.addFilter(OneLineTorchcodecWarning())
 
 
 @app.callback()
@@ -379,9 +357,11 @@ def demo_cmd(
         typer.Option("--train-expert-only/--train-vlm", help="smolvla: freeze the VLM (LeRobot's default) or train it too (the demo's default: it can forget)."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of data, model init and training.")] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing non-empty --output-dir.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing non-empty --output-dir once the new run is complete (a failed run puts it back).")
+    ] = False,
 ) -> None:
-    """The forgetting experiment, offline: a base on Meta-World push, then naive / CRaFT off / replay / CRaFT on reach; report."""
+    """The forgetting experiment, offline: a base on Meta-World faucet-open, then naive / CRaFT off / replay / CRaFT on faucet-close; report."""
     import logging
 
     from craft_plugin.demo.pipeline import FAMILIES, plan_for, run_demo

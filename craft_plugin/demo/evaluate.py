@@ -94,10 +94,12 @@ __all__ = [
     "LeRobotEvalResult",
     "LoadedPolicy",
     "SuccessResult",
+    "QUEUED_TYPES",
     "action_error",
     "evaluate_checkpoint_action_error",
     "lerobot_eval_command",
     "lerobot_eval_success",
+    "observation_period",
     "load_policy",
     "prepare_lerobot_eval_checkpoint",
     "rollout_seeds",
@@ -175,6 +177,25 @@ def _n_obs_steps(policy: Any) -> int:
     cfg = policy.config
     base = getattr(cfg, "base_config", None)  # craft wrapper
     return int(getattr(base if base is not None else cfg, "n_obs_steps", 1) or 1)
+
+
+#: Policy types whose ``select_action`` (LeRobot 0.6.1) reads the observation only when its action
+#: queue is empty, refills it with ``n_action_steps`` actions and keeps no observation history
+#: when ``n_obs_steps == 1`` (ACT only without temporal ensembling).
+QUEUED_TYPES: frozenset[str] = frozenset({"act", "smolvla"})
+
+
+def observation_period(policy: Any) -> int:
+    """Every how many env steps ``policy.select_action`` reads its observation after a
+    ``reset()``: ``n_action_steps`` for :data:`QUEUED_TYPES` with one observation step and no
+    temporal ensembling, else 1 (every step). A craft wrapper answers for its base."""
+    cfg = policy.config
+    cfg = getattr(cfg, "base_config", None) or cfg
+    if str(getattr(cfg, "type", "")) not in QUEUED_TYPES:
+        return 1
+    if int(getattr(cfg, "n_obs_steps", 1) or 1) != 1 or getattr(cfg, "temporal_ensemble_coeff", None) is not None:
+        return 1
+    return max(1, int(getattr(cfg, "n_action_steps", 1) or 1))
 
 
 def _input_keys(policy: Any) -> set[str]:
@@ -416,6 +437,7 @@ def rollout_success(
     instruction: str | None = None,
     progress: bool = True,
     start_seed: int | None = None,
+    render_every: int | None = None,
 ) -> SuccessResult:
     """Success rate of ``episodes`` seeded rollouts of ``task`` (see module doc).
 
@@ -426,6 +448,12 @@ def rollout_success(
     generator, seeded here with ``seed`` and by ``lerobot-eval`` with its ``--seed`` after its
     own set-up, so on the same episodes the two agree on success rates, not episode by episode
     (``benchmarks/look_gap.py --policy-seeds`` shows how much one draw moves an episode).
+
+    ``render_every`` (None: :func:`observation_period`) renders the camera on the steps the
+    policy reads it (its queue empty: steps 0, k, 2k, ... after ``reset()``) and hands it the
+    last picture on the others, which it discards unread; the state is read every step. Rendering
+    is about half a rollout's time on a CPU, and the actions are the same as with
+    ``render_every=1`` (tested).
     """
     from tqdm.auto import tqdm
 
@@ -448,6 +476,9 @@ def rollout_success(
     size = render.image_size
     state_dim = len(state_from_obs(np.zeros(39), state_mode))
     _check_inputs(policy, {STATE_KEY: (state_dim,), CAMERA_KEY: (3, size, size)})
+    every = observation_period(policy) if render_every is None else render_every
+    if every < 1:
+        raise ValueError(f"render_every={render_every}: expected None or >= 1")
     scene = shared_scene(task, render=render)
     seeds = rollout_seeds(seed, episodes, start_seed)
     success_steps: list[int] = []
@@ -460,7 +491,8 @@ def rollout_success(
             policy.reset()
             done_at = -1
             for t in range(max_steps):
-                img = torch.from_numpy(scene.image()).permute(2, 0, 1).float().div_(255.0)
+                if t % every == 0:
+                    img = torch.from_numpy(scene.image()).permute(2, 0, 1).float().div_(255.0)
                 raw = {
                     CAMERA_KEY: img[None],
                     STATE_KEY: torch.from_numpy(state_from_obs(obs, state_mode))[None],

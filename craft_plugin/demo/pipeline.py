@@ -57,21 +57,33 @@ integration test a user would run):
    is ``normalization`` (``--policy.normalization=base|dataset|merged``, to ``craft_off`` and
    every CRaFT run alike).
    Each run's console output is kept in ``OUT/runs/<method>/train.log``.
-6. **eval** — each checkpoint loaded once: held-out action L1 on A and B (:func:`action_error`),
-   seeded rollouts with Wilson intervals (:func:`rollout_success`), and (smolvla) ``craft
-   eval-mcq`` (each fine-tuned run against ``naive``, paired); all into
-   ``OUT/runs/<method>/eval.json``.
+6. **eval** — per checkpoint and task, held-out action L1 (:func:`action_error`) and seeded
+   rollouts with Wilson intervals (:func:`rollout_success`), and (smolvla) the MCQ comparison
+   through :func:`~craft_plugin.mcq.evaluate.run_eval_mcq`, the function behind ``craft
+   eval-mcq``, with the options that command would get (each fine-tuned run against
+   ``naive``, paired); all into ``OUT/runs/<method>/eval.json``. These are independent jobs
+   (:mod:`craft_plugin.demo.eval_stage`), run in one process per core (``spawn``): the
+   renderer and the env are single-threaded, so two processes halve the stage on two cores.
 7. **report** — ``craft report`` → ``OUT/report/report.md`` and the PNG plots; forgetting and
    task-B error are also given relative to ``naive`` (and to ``craft_off``).
 
 Which methods ``make demo`` runs (:data:`DEMO_METHODS`): ``naive``, ``craft_off``, ``replay``
 and ``craft_hidden``. All six do not fit its 10-minute budget on a 2-core CPU (each method
-costs ~55 s of training and ~27 s of evaluation at :data:`STANDARD` sizes, and four already
-take ~9.5 min with an empty data cache). Kept: the user's baseline (``naive``), the fair
+costs ~70-90 s of training and ~20 s of evaluation at :data:`STANDARD` sizes; docs/benchmarks.md
+has the measured stage times). Kept: the user's baseline (``naive``), the fair
 baseline that isolates CRaFT's effect (``craft_off``), the simple alternative CRaFT has to
 beat (``replay``) and CRaFT as shipped (``craft_hidden``, default targets). Left to the
 benchmark (``benchmarks/forgetting.py``, which always runs all six): ``craft_token_ce`` (the
 legacy mode) and ``craft_hidden_features`` (an ablation of the default's targets).
+
+Speed on a CPU (measured: docs/benchmarks.md): LeRobot 0.6.1's loader decodes a row's images
+for every row of an action chunk, so with ``--num_workers=0`` a training step waited ~0.55 s on
+data against ~0.15 s of update. Every ``lerobot-train`` run therefore gets
+``--num_workers`` = :func:`default_num_workers` (one per core, at most 4) and
+``OMP_NUM_THREADS`` = the cores the workers leave, at least 1 (:func:`train_threads`; an
+``OMP_NUM_THREADS`` in the environment wins). Runs are then not bit-identical to
+``--num_workers=0`` ones (the losses agree to the printed decimals). The datasets of A and B are
+built in parallel processes when not cached (``metaworld_data.tasks_datasets``).
 
 Every subprocess gets ``HF_HUB_OFFLINE=1``; nothing is downloaded. Actions are compared in
 raw units (after each checkpoint's own un-normalization), so runs with different
@@ -94,7 +106,7 @@ from typing import Any
 
 __all__ = [
     "DEMO_METHODS", "FAMILIES", "METHODS", "NORMALIZATIONS", "QUICK", "QUICK_ACT", "STANDARD", "STANDARD_ACT",
-    "DemoPlan", "DemoResult", "craft_args", "plan_for", "plan_with", "run_demo",
+    "DemoPlan", "DemoResult", "craft_args", "default_num_workers", "plan_for", "plan_with", "run_demo",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -109,6 +121,17 @@ NORMALIZATIONS: tuple[str, ...] = ("base", "dataset", "merged")
 ANCHORED: tuple[str, ...] = ("craft_token_ce", "craft_hidden_features", "craft_hidden")
 #: Learning rate of each family when the plan leaves ``lr`` unset.
 FAMILY_LR: dict[str, float] = {"smolvla": 1e-3, "act": 3e-4}
+
+
+def default_num_workers() -> int:
+    """DataLoader workers of the demo's training runs: one per core, at most LeRobot's default 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def train_threads(workers: int) -> int:
+    """Torch threads of a ``lerobot-train`` process beside ``workers`` loader processes: the
+    cores the workers leave, at least one (2 cores, 2 workers: 1)."""
+    return max(1, (os.cpu_count() or 1) - workers)
 
 
 @dataclass(frozen=True)
@@ -130,8 +153,10 @@ class DemoPlan:
     mcq_kinds: tuple[str, ...] = ("color",)  #: colours: learnt to ~97 % held-out in 200 steps here
     teach_steps: int = 200
     teach_lr: float = 3e-3
-    base_steps: int = 300
-    finetune_steps: int = 150
+    #: base 250 and fine-tunes 100 steps (300 and 150 until 0.3): ``make demo`` at 300 / 150 took
+    #: 653 s here and at 300 / 120 633 s, over its 10 minutes (docs/benchmarks.md)
+    base_steps: int = 250
+    finetune_steps: int = 100
     batch_size: int = 32
     lr: float | None = None  #: None: the family's (FAMILY_LR: smolvla 1e-3, act 3e-4)
     num_anchors: int | None = None  #: None: craft build-cache's default (every frame of task A)
@@ -145,6 +170,13 @@ class DemoPlan:
     normalization: str | None = None
     rollout_episodes: int = 5
     rollout_max_steps: int = 150
+    #: ``lerobot-train --num_workers`` of every training run; None: :func:`default_num_workers`
+    #: (LeRobot's loader decodes a row's images with every action-chunk row, so on a CPU the
+    #: loader, not the update, bounds a step: docs/benchmarks.md)
+    num_workers: int | None = None
+    #: processes of the eval stage (``craft_plugin.demo.eval_stage``); None: one per core, at
+    #: most one per job; 1: in this process
+    eval_processes: int | None = None
     text_hidden: int = 64
     vlm_layers: int = 4
     act_dim: int = 128  #: act only, as every act_* field
@@ -168,6 +200,10 @@ class DemoPlan:
             raise ValueError(f"methods {self.methods} name one twice")
         if self.normalization is not None and self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization={self.normalization!r}: expected None or one of {', '.join(NORMALIZATIONS)}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"num_workers={self.num_workers}: expected None or >= 0")
+        if self.eval_processes is not None and self.eval_processes < 1:
+            raise ValueError(f"eval_processes={self.eval_processes}: expected None or >= 1")
         if "replay" in self.methods and self.replay_episodes < 1:
             raise ValueError("the replay method needs replay_episodes >= 1")
         from craft_plugin.demo.metaworld_data import look_render
@@ -177,6 +213,11 @@ class DemoPlan:
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else FAMILY_LR[self.family]
+
+    @property
+    def loader_workers(self) -> int:
+        """``num_workers``, or :func:`default_num_workers` when unset."""
+        return self.num_workers if self.num_workers is not None else default_num_workers()
 
     @property
     def has_mcq(self) -> bool:
@@ -193,7 +234,7 @@ STANDARD = DemoPlan()
 QUICK = DemoPlan(
     train_episodes=3, heldout_episodes=2, replay_episodes=1, image_size=32, mcq_train=24, mcq_test=16,
     teach_steps=10, base_steps=6, finetune_steps=4, batch_size=8, num_anchors=8, anchor_batch_size=4,
-    rollout_episodes=1, rollout_max_steps=10, methods=("naive", "craft_hidden"),
+    rollout_episodes=1, rollout_max_steps=10, methods=("naive", "craft_hidden"), num_workers=0,
 )  # fmt: skip
 # QUICK leaves out replay (the same lerobot-train path as naive on another dataset, which
 # tests/demo/test_metaworld_data.py covers), craft_off (the wrapper with CRaFT off, which
@@ -227,8 +268,13 @@ class DemoResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def _env(threads: int | None = None) -> dict[str, str]:
+    """The subprocesses' environment: offline; ``threads`` sets ``OMP_NUM_THREADS`` unless the
+    user's environment already does."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if threads is not None and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
 
 
 def _bin(name: str) -> str:
@@ -239,9 +285,10 @@ def _bin(name: str) -> str:
     return str(path)
 
 
-def _run(cmd: Sequence[str], log_file: Path | None = None) -> str:
-    """Run ``cmd``; keep its output in ``log_file``; on failure raise with the output's tail."""
-    res = subprocess.run(list(cmd), capture_output=True, text=True, env=_env())
+def _run(cmd: Sequence[str], log_file: Path | None = None, threads: int | None = None) -> str:
+    """Run ``cmd`` (``threads``: see :func:`_env`); keep its output in ``log_file``; on failure
+    raise with the output's tail."""
+    res = subprocess.run(list(cmd), capture_output=True, text=True, env=_env(threads))
     out = res.stdout + res.stderr
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -260,11 +307,17 @@ def _checkpoint(train_dir: Path) -> Path:
 
 
 def _lerobot_train(policy_args: Sequence[str], dataset: Any, out: Path, steps: int, plan: DemoPlan) -> list[str]:
+    # Loader workers by fork, not LeRobot's default spawn: a spawned worker re-imports LeRobot
+    # (~10 s of CPU each, every run); LeRobot keeps spawn for PyAV / torchcodec, which these
+    # image datasets (PNG frames, no video) never touch.
+    workers = [f"--num_workers={plan.loader_workers}"]
+    if plan.loader_workers:
+        workers.append("--dataloader_multiprocessing_context=fork")
     return [
         _bin("lerobot-train"), *policy_args, "--policy.push_to_hub=false", "--policy.device=cpu",
         f"--dataset.repo_id={dataset.repo_id}", f"--dataset.root={dataset.root}", f"--output_dir={out}",
         f"--steps={steps}", f"--batch_size={plan.batch_size}", f"--log_freq={max(1, min(10, steps // 10))}",
-        f"--save_freq={steps}", "--num_workers=0", "--wandb.enable=false", f"--seed={plan.seed}",
+        f"--save_freq={steps}", *workers, "--wandb.enable=false", f"--seed={plan.seed}",
     ]  # fmt: skip
 
 
@@ -389,18 +442,51 @@ def run_demo(
     data_cache: str | os.PathLike[str] | None = None,
     echo: Callable[[str], None] = print,
 ) -> DemoResult:
-    """Run every stage into ``output_dir`` (see the module docstring); ``echo`` gets progress lines."""
-    from craft_plugin.demo import metaworld_data as md
-    from craft_plugin.demo.evaluate import action_error, load_policy, rollout_success
-    from craft_plugin.demo.report import dir_bytes, mcq_summary, update_eval_json
+    """Run every stage into ``output_dir`` (see the module docstring); ``echo`` gets progress lines.
 
+    ``overwrite`` replaces a non-empty ``output_dir`` only once the new run is complete: the
+    previous output waits beside it as ``.NAME.previous-PID`` (same folder, so paths inside the
+    new run are final from the start) and is deleted after the report is written. When a stage
+    fails or the run is interrupted, the previous output is put back and this attempt's files
+    are kept as ``NAME.failed`` (its logs), replacing an older ``NAME.failed``. Only a hard kill
+    leaves the previous output under its waiting name.
+    """
     _check_flags(plan)
     out = Path(output_dir).resolve()
+    previous = None
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or choose another --output-dir")
-        shutil.rmtree(out)
+        previous = out.with_name(f".{out.name}.previous-{os.getpid()}")
+        os.replace(out, previous)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        result = _run_stages(out, plan, data_cache, echo)
+    except BaseException as err:
+        if previous is not None:
+            failed = out.with_name(f"{out.name}.failed")
+            shutil.rmtree(failed, ignore_errors=True)
+            os.replace(out, failed)
+            os.replace(previous, out)
+            note = f"the previous output is back in {out}; this attempt's files are in {failed}"
+            if isinstance(err, Exception) and err.args and isinstance(err.args[0], str):
+                err.args = (f"{err.args[0]}\n({note})", *err.args[1:])
+            else:
+                echo(f"craft demo: {note}")
+        raise
+    if previous is not None:
+        shutil.rmtree(previous)
+    return result
+
+
+def _run_stages(
+    out: Path, plan: DemoPlan, data_cache: str | os.PathLike[str] | None, echo: Callable[[str], None]
+) -> DemoResult:
+    """The stages of :func:`run_demo`, into the empty folder ``out``."""
+    from craft_plugin.demo import metaworld_data as md
+    from craft_plugin.demo.eval_stage import default_processes, jobs_for, run_jobs
+    from craft_plugin.demo.report import dir_bytes, mcq_summary, update_eval_json
+
     methods = plan.ordered_methods
     (out / "plan.json").write_text(json.dumps({**asdict(plan), "learning_rate": plan.learning_rate}, indent=2))
     t_start = time.perf_counter()
@@ -421,8 +507,9 @@ def run_demo(
                  f"scripted episodes each at {plan.image_size}px (cached)")  # fmt: skip
     render = md.look_render(plan.look, plan.image_size)
     kw = {"seed": plan.seed, "render": render, "progress": False}
-    a_train, a_held = md.task_datasets(md.TASK_A, plan.train_episodes, plan.heldout_episodes, data_cache, **kw)
-    b_train, b_held = md.task_datasets(md.TASK_B, plan.train_episodes, plan.heldout_episodes, data_cache, **kw)
+    (a_train, a_held), (b_train, b_held) = md.tasks_datasets(
+        (md.TASK_A, md.TASK_B), plan.train_episodes, plan.heldout_episodes, data_cache, **kw
+    )  # the tasks not cached yet: built in parallel processes
     replay = None
     if "replay" in methods:
         replay = md.replay_dataset(md.TASK_B, plan.train_episodes, md.TASK_A, plan.replay_episodes, data_cache, **kw)
@@ -456,7 +543,8 @@ def run_demo(
         base_info = {}
         policy_args = _act_args(plan)
     t0 = time.perf_counter()
-    _run(_lerobot_train(policy_args, a_train, base_run / "train", plan.base_steps, plan), base_run / "train.log")
+    threads = train_threads(plan.loader_workers) if plan.loader_workers else None
+    _run(_lerobot_train(policy_args, a_train, base_run / "train", plan.base_steps, plan), base_run / "train.log", threads)
     base_seconds = time.perf_counter() - t0
     base = _checkpoint(base_run / "train")
     if "parameters" not in base_info:
@@ -488,7 +576,7 @@ def run_demo(
             args, data = craft_args(method, plan, base, cache), b_train
         run_dir = runs_dir / method
         t0 = time.perf_counter()
-        _run(_lerobot_train(args, data, run_dir / "train", plan.finetune_steps, plan), run_dir / "train.log")
+        _run(_lerobot_train(args, data, run_dir / "train", plan.finetune_steps, plan), run_dir / "train.log", threads)
         seconds = time.perf_counter() - t0
         checkpoints[method] = _checkpoint(run_dir / "train")
         storage = {"checkpoint": dir_bytes(checkpoints[method])}
@@ -500,35 +588,41 @@ def run_demo(
         done()
 
     # 6. eval
-    done = stage("eval", "held-out action error, rollouts" + (" and craft eval-mcq" if plan.has_mcq else "")
+    done = stage("eval", "held-out action error, rollouts" + (" and MCQ (craft eval-mcq's run_eval_mcq)" if plan.has_mcq else "")
                  + " for every checkpoint")  # fmt: skip
-    # Fine-tunes are scored against naive (`--compare`); naive's own accuracy is checkpoint A of
-    # the first such comparison, so it needs no run of its own.
+    # Fine-tunes are scored against naive (paired); naive's own accuracy is checkpoint A of the
+    # first such comparison, so it needs no job of its own. Jobs run in parallel processes
+    # (craft_plugin.demo.eval_stage); their results are merged here, one writer per eval.json.
     compared = [n for n in checkpoints if n not in ("base", "naive")]
+    tasks = (("A", md.TASK_A, a_held, a_train), ("B", md.TASK_B, b_held, b_train))
+    jobs = []
     for name, ckpt in checkpoints.items():
-        run_dir = runs_dir / name
-        loaded = load_policy(ckpt)
-        errors = {key: action_error(loaded, held, progress=False).to_dict() for key, held in (("A", a_held), ("B", b_held))}
-        success: dict[str, Any] = {}
-        if plan.rollout_episodes > 0:
-            for key, task, like in (("A", md.TASK_A, a_train), ("B", md.TASK_B, b_train)):
-                res = rollout_success(loaded, task, episodes=plan.rollout_episodes, max_steps=plan.rollout_max_steps,
-                                      seed=plan.seed, like=like, progress=False)  # fmt: skip
-                success[key] = res.to_dict()
-        del loaded
-        update_eval_json(run_dir, {"action_error": errors, "success": success})
+        mcq = None
         if plan.has_mcq and not (name == "naive" and compared):
-            if name in ("base", "naive"):
-                cmd = [_bin("craft"), "eval-mcq", f"--policy.path={ckpt}"]
-            else:
-                cmd = [_bin("craft"), "eval-mcq", f"--policy.path={checkpoints['naive']}", f"--compare={ckpt}"]
-            mcq_json = run_dir / "mcq.json"
-            _run([*cmd, f"--data={mcq_test}", f"--output={mcq_json}", f"--seed={plan.seed}"], run_dir / "mcq.log")
-            update_eval_json(run_dir, {"mcq": mcq_summary(mcq_json, "A" if name in ("base", "naive") else None)})
+            compare_to = None if name in ("base", "naive") else checkpoints["naive"]
+            mcq = (compare_to, mcq_test, runs_dir / name / "mcq.json")
+        jobs += jobs_for(name, ckpt, tasks=tasks, episodes=plan.rollout_episodes, max_steps=plan.rollout_max_steps,
+                         seed=plan.seed, mcq=mcq)  # fmt: skip
+    processes = plan.eval_processes if plan.eval_processes is not None else default_processes(len(jobs))
+    echo(f"[eval] {len(jobs)} jobs in {processes} process(es)")
+    results: dict[str, dict[str, Any]] = {name: {"action_error": {}, "success": {}} for name in checkpoints}
+    for res in run_jobs(jobs, processes):
+        job = res["job"]
+        if job.kind == "task":
+            results[job.name]["action_error"][job.key] = res["action_error"]
+            if res["success"] is not None:
+                results[job.name]["success"][job.key] = res["success"]
+            echo(f"[eval] {job.name:<22} task-{job.key} L1 {res['action_error']['l1']:.4f}"
+                 + (f", success {res['success']['successes']}/{res['success']['episodes']}" if res["success"] else "")
+                 + f" ({res['seconds']:.0f} s)")  # fmt: skip
+        else:
+            name = job.name
+            update_eval_json(runs_dir / name, {"mcq": mcq_summary(res["mcq_output"], "A" if name in ("base", "naive") else None)})
             if compared and name == compared[0]:
-                update_eval_json(runs_dir / "naive", {"mcq": mcq_summary(mcq_json, "A")})
-        a, b = errors["A"]["l1"], errors["B"]["l1"]
-        echo(f"[eval] {name:<22} task-A L1 {a:.4f} | task-B L1 {b:.4f}")
+                update_eval_json(runs_dir / "naive", {"mcq": mcq_summary(res["mcq_output"], "A")})
+            echo(f"[eval] {name:<22} MCQ ({res['seconds']:.0f} s)")
+    for name, section in results.items():
+        update_eval_json(runs_dir / name, section)
     done()
 
     # 7. report

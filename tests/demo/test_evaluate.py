@@ -217,3 +217,42 @@ def test_lerobot_eval_agrees_with_lean_rollouts(constant_act_checkpoint, reach_l
         same = np.abs(frame - views[seed])[moved].mean()  # measured ~6
         other = np.abs(frame - views[seeds[1] if seed == seeds[0] else seeds[0]])[moved].mean()  # ~86
         assert same < 20 < 50 < other, (seed, same, other)
+
+
+# ---------------------------------------------------------------------- rendering only what is read
+@pytest.mark.parametrize("fixture", ["act_checkpoint", "smolvla_checkpoint", "craft_checkpoint"])
+def test_rendering_only_when_the_policy_reads_gives_the_same_actions(fixture, request, reach_sets, monkeypatch) -> None:
+    loaded = ev.load_policy(request.getfixturevalue(fixture))
+    period = ev.observation_period(loaded.policy)
+    expected = loaded.policy.config.n_action_steps if fixture == "smolvla_checkpoint" else 5  # ACT's chunk
+    assert period == expected > 1
+    from craft_plugin.demo.metaworld_data import MetaWorldScene
+
+    real_image = MetaWorldScene.image
+    renders = []
+    monkeypatch.setattr(MetaWorldScene, "image", lambda self: (renders.append(1), real_image(self))[1])
+
+    def run(render_every):
+        actions: list[torch.Tensor] = []
+        recording = ev.LoadedPolicy(loaded.policy, loaded.preprocessor,
+                                    lambda a: (actions.append(a.clone()), loaded.postprocessor(a))[1])  # fmt: skip
+        renders.clear()
+        res = ev.rollout_success(recording, "reach-v3", episodes=2, max_steps=12, seed=1, like=reach_sets[0],
+                                 progress=False, render_every=render_every)  # fmt: skip
+        return res, torch.stack(actions), len(renders)
+
+    every_step, a_every, n_every = run(1)
+    skipping, a_skip, n_skip = run(None)
+    assert n_every == every_step.env_steps
+    assert n_skip == sum(-(-(s if s > 0 else 12) // period) for s in skipping.success_steps) < n_every
+    assert skipping.success_steps == every_step.success_steps
+    assert torch.equal(a_skip, a_every) and len(a_skip) == every_step.env_steps
+
+
+def test_observation_period_is_one_for_temporal_ensembling_and_history(act_checkpoint) -> None:
+    loaded = ev.load_policy(act_checkpoint)
+    loaded.policy.config.temporal_ensemble_coeff = 0.01
+    assert ev.observation_period(loaded.policy) == 1
+    loaded.policy.config.temporal_ensemble_coeff = None
+    loaded.policy.config.n_action_steps = 1
+    assert ev.observation_period(loaded.policy) == 1

@@ -173,3 +173,25 @@ def test_bad_arguments_have_clear_errors() -> None:
     with pytest.raises(ValueError, match="look='env'"):
         DemoPlan(look="env")
     assert md.look_render("lerobot_eval", 32) == md.RenderOptions(image_size=32, shadows=True, supersample=4)
+
+
+def test_tasks_built_in_parallel_processes_equal_the_ones_built_here(tmp_path, push_sets, reach_sets, render) -> None:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    fresh = tmp_path / "cache"
+    assert not md.is_built([md.EpisodeSet("push-v3", 1, "heldout")], fresh, render=render)
+    # One train episode each (kept small); the held-out sets are the fixtures' (one episode each).
+    built = md.tasks_datasets(("push-v3", "reach-v3"), 1, 1, fresh, render=render, processes=2, progress=False)
+    assert md.is_built([md.EpisodeSet("push-v3", 1, "heldout")], fresh, render=render)
+    for (train, held), here in zip(built, (push_sets[1], reach_sets[1])):
+        assert train.cached and held.cached  # found in the cache the workers wrote
+        assert train.episodes == 1 and train.frames > 0
+        assert held.info["key"] == here.info["key"] and held.root != here.root
+        assert held.info["episodes"] == here.info["episodes"] and held.frames == here.frames
+        a, b = LeRobotDataset(held.repo_id, root=held.root), LeRobotDataset(here.repo_id, root=here.root)
+        for i in (0, 1, held.frames - 1):
+            for key in ("action", "observation.state"):
+                assert np.array_equal(a[i][key].numpy(), b[i][key].numpy()), (held.info["key"], i, key)
+            # MuJoCo's first picture in a fresh renderer can differ by a level or two in a few pixels
+            diff = np.abs(a[i][md.CAMERA_KEY].numpy() - b[i][md.CAMERA_KEY].numpy()) * 255
+            assert diff.max() <= 2.0 + 1e-4 and (diff > 0.5).mean() < 0.01, (held.info["key"], i, diff.max(), (diff > 0.5).mean())
