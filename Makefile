@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: help env demo test bench lock
 
 help:
-	@echo "make demo   the forgetting experiment: craft demo into demo-out/ (~20 min on 2 CPU cores, docs/benchmarks.md)"
+	@echo "make demo   the forgetting experiment: craft demo into demo-out/ (~9.5 min on 2 CPU cores, docs/benchmarks.md)"
 	@echo "make test   run the test suite"
 	@echo "make env    create/update the environment and print its path"
 	@echo "make bench  run benchmarks/hook_overhead.py"

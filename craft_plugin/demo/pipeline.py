@@ -174,9 +174,10 @@ class DemoPlan:
     #: (LeRobot's loader decodes a row's images with every action-chunk row, so on a CPU the
     #: loader, not the update, bounds a step: docs/benchmarks.md)
     num_workers: int | None = None
-    #: processes of the eval stage (``craft_plugin.demo.eval_stage``); None: one per core, at
-    #: most one per job; 1: in this process
-    eval_processes: int | None = None
+    #: worker processes of the data stage (tasks not cached yet) and the eval stage
+    #: (``craft_plugin.demo.eval_stage``); None: one per core, at most one per task / job; 1: all
+    #: in this process (QUICK's: a spawned worker re-imports LeRobot, ~10 s, more than its work)
+    processes: int | None = None
     text_hidden: int = 64
     vlm_layers: int = 4
     act_dim: int = 128  #: act only, as every act_* field
@@ -202,8 +203,8 @@ class DemoPlan:
             raise ValueError(f"normalization={self.normalization!r}: expected None or one of {', '.join(NORMALIZATIONS)}")
         if self.num_workers is not None and self.num_workers < 0:
             raise ValueError(f"num_workers={self.num_workers}: expected None or >= 0")
-        if self.eval_processes is not None and self.eval_processes < 1:
-            raise ValueError(f"eval_processes={self.eval_processes}: expected None or >= 1")
+        if self.processes is not None and self.processes < 1:
+            raise ValueError(f"processes={self.processes}: expected None or >= 1")
         if "replay" in self.methods and self.replay_episodes < 1:
             raise ValueError("the replay method needs replay_episodes >= 1")
         from craft_plugin.demo.metaworld_data import look_render
@@ -235,6 +236,7 @@ QUICK = DemoPlan(
     train_episodes=3, heldout_episodes=2, replay_episodes=1, image_size=32, mcq_train=24, mcq_test=16,
     teach_steps=10, base_steps=6, finetune_steps=4, batch_size=8, num_anchors=8, anchor_batch_size=4,
     rollout_episodes=1, rollout_max_steps=10, methods=("naive", "craft_hidden"), num_workers=0,
+    processes=1,
 )  # fmt: skip
 # QUICK leaves out replay (the same lerobot-train path as naive on another dataset, which
 # tests/demo/test_metaworld_data.py covers), craft_off (the wrapper with CRaFT off, which
@@ -508,7 +510,7 @@ def _run_stages(
     render = md.look_render(plan.look, plan.image_size)
     kw = {"seed": plan.seed, "render": render, "progress": False}
     (a_train, a_held), (b_train, b_held) = md.tasks_datasets(
-        (md.TASK_A, md.TASK_B), plan.train_episodes, plan.heldout_episodes, data_cache, **kw
+        (md.TASK_A, md.TASK_B), plan.train_episodes, plan.heldout_episodes, data_cache, processes=plan.processes, **kw
     )  # the tasks not cached yet: built in parallel processes
     replay = None
     if "replay" in methods:
@@ -603,7 +605,7 @@ def _run_stages(
             mcq = (compare_to, mcq_test, runs_dir / name / "mcq.json")
         jobs += jobs_for(name, ckpt, tasks=tasks, episodes=plan.rollout_episodes, max_steps=plan.rollout_max_steps,
                          seed=plan.seed, mcq=mcq)  # fmt: skip
-    processes = plan.eval_processes if plan.eval_processes is not None else default_processes(len(jobs))
+    processes = plan.processes if plan.processes is not None else default_processes(len(jobs))
     echo(f"[eval] {len(jobs)} jobs in {processes} process(es)")
     results: dict[str, dict[str, Any]] = {name: {"action_error": {}, "success": {}} for name in checkpoints}
     for res in run_jobs(jobs, processes):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from craft_plugin.demo import evaluate as ev
+from craft_plugin.demo.eval_stage import EvalJob, jobs_for, run_jobs
 
 
 # ---------------------------------------------------------------------- Wilson
@@ -220,7 +221,7 @@ def test_lerobot_eval_agrees_with_lean_rollouts(constant_act_checkpoint, reach_l
 
 
 # ---------------------------------------------------------------------- rendering only what is read
-@pytest.mark.parametrize("fixture", ["act_checkpoint", "smolvla_checkpoint", "craft_checkpoint"])
+@pytest.mark.parametrize("fixture", ["act_checkpoint", "smolvla_checkpoint"])
 def test_rendering_only_when_the_policy_reads_gives_the_same_actions(fixture, request, reach_sets, monkeypatch) -> None:
     loaded = ev.load_policy(request.getfixturevalue(fixture))
     period = ev.observation_period(loaded.policy)
@@ -249,10 +250,40 @@ def test_rendering_only_when_the_policy_reads_gives_the_same_actions(fixture, re
     assert torch.equal(a_skip, a_every) and len(a_skip) == every_step.env_steps
 
 
-def test_observation_period_is_one_for_temporal_ensembling_and_history(act_checkpoint) -> None:
+def test_observation_period_is_one_for_temporal_ensembling_and_history(act_checkpoint, craft_checkpoint) -> None:
+    assert ev.observation_period(ev.load_policy(craft_checkpoint).policy) == 5  # the wrapper answers for its ACT
     loaded = ev.load_policy(act_checkpoint)
     loaded.policy.config.temporal_ensemble_coeff = 0.01
     assert ev.observation_period(loaded.policy) == 1
     loaded.policy.config.temporal_ensemble_coeff = None
     loaded.policy.config.n_action_steps = 1
     assert ev.observation_period(loaded.policy) == 1
+
+
+# ---------------------------------------------------------------------- the demo's eval jobs (eval_stage)
+# Here rather than in a file of their own: they share this file's fixtures (one xdist worker).
+
+
+def _eval_jobs(checkpoint, push_sets, reach_sets) -> list[EvalJob]:
+    tasks = (("A", "push-v3", push_sets[1], push_sets[0]), ("B", "reach-v3", reach_sets[1], reach_sets[0]))
+    return jobs_for("act", checkpoint, tasks=tasks, episodes=1, max_steps=8, seed=3)
+
+
+def test_jobs_in_two_processes_agree_with_one_process(act_checkpoint, push_sets, reach_sets) -> None:
+    jobs = _eval_jobs(act_checkpoint, push_sets, reach_sets)
+    assert [(j.kind, j.key, j.task) for j in jobs] == [("task", "A", "push-v3"), ("task", "B", "reach-v3")]
+    inline = {r["job"].key: r for r in run_jobs(jobs, processes=1)}
+    pooled = {r["job"].key: r for r in run_jobs(jobs, processes=2)}
+    assert set(inline) == set(pooled) == {"A", "B"}
+    for key in ("A", "B"):
+        assert pooled[key]["action_error"]["l1"] == pytest.approx(inline[key]["action_error"]["l1"], rel=1e-5)
+        assert pooled[key]["action_error"]["frames"] == inline[key]["action_error"]["frames"] > 0
+        for field in ("success_steps", "seeds", "env_steps", "episodes"):
+            assert pooled[key]["success"][field] == inline[key]["success"][field], (key, field)
+        assert pooled[key]["success"]["env_steps"] > 0
+
+
+def test_a_failing_job_raises_in_the_caller(act_checkpoint) -> None:
+    bad = [EvalJob("x", act_checkpoint, "nonsense"), EvalJob("y", act_checkpoint, "nonsense")]
+    with pytest.raises(ValueError, match="unknown job kind 'nonsense'"):
+        list(run_jobs(bad, processes=2))
