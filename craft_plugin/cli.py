@@ -372,6 +372,11 @@ def demo_cmd(
     changes: dict[str, object] = {"seed": seed}
     if train_expert_only is not None:
         changes["train_expert_only"] = train_expert_only
+    import signal
+    import sys
+
+    # A SIGTERM (a job's time limit, `kill`) unwinds like Ctrl-C, so --overwrite puts the previous output back.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         plan = plan_for(family, quick=quick, **changes)
         result = run_demo(output_dir, plan, overwrite=overwrite, echo=typer.echo)
