@@ -69,8 +69,8 @@ integration test a user would run):
 
 Which methods ``make demo`` runs (:data:`DEMO_METHODS`): ``naive``, ``craft_off``, ``replay``
 and ``craft_hidden``. All six do not fit its 10-minute budget on a 2-core CPU (each method
-costs ~70-90 s of training and ~20 s of evaluation at :data:`STANDARD` sizes; docs/benchmarks.md
-has the measured stage times). Kept: the user's baseline (``naive``), the fair
+costs ~50-70 s of training and ~15 s of evaluation at :data:`STANDARD` sizes on two cores;
+docs/benchmarks.md has the measured stage times). Kept: the user's baseline (``naive``), the fair
 baseline that isolates CRaFT's effect (``craft_off``), the simple alternative CRaFT has to
 beat (``replay``) and CRaFT as shipped (``craft_hidden``, default targets). Left to the
 benchmark (``benchmarks/forgetting.py``, which always runs all six): ``craft_token_ce`` (the
@@ -79,10 +79,13 @@ legacy mode) and ``craft_hidden_features`` (an ablation of the default's targets
 Speed on a CPU (measured: docs/benchmarks.md): LeRobot 0.6.1's loader decodes a row's images
 for every row of an action chunk, so with ``--num_workers=0`` a training step waited ~0.55 s on
 data against ~0.15 s of update. Every ``lerobot-train`` run therefore gets
-``--num_workers`` = :func:`default_num_workers` (one per core, at most 4) and
+``--num_workers`` = :func:`default_num_workers` (one per core, at most 4), started by ``fork``
+(``--dataloader_multiprocessing_context=fork``: LeRobot's default ``spawn`` re-imports LeRobot
+in each worker of every run, and these PNG-frame datasets use no video decoder), and
 ``OMP_NUM_THREADS`` = the cores the workers leave, at least 1 (:func:`train_threads`; an
 ``OMP_NUM_THREADS`` in the environment wins). Runs are then not bit-identical to
-``--num_workers=0`` ones (the losses agree to the printed decimals). The datasets of A and B are
+``--num_workers=0`` ones (on a 40-step run the logged losses agreed to the printed decimals);
+``fork`` and ``spawn`` workers gave the same demo table to the last digit. The datasets of A and B are
 built in parallel processes when not cached (``metaworld_data.tasks_datasets``).
 
 Every subprocess gets ``HF_HUB_OFFLINE=1``; nothing is downloaded. Actions are compared in
