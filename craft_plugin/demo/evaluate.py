@@ -452,8 +452,8 @@ def rollout_success(
     ``render_every`` (None: :func:`observation_period`) renders the camera on the steps the
     policy reads it (its queue empty: steps 0, k, 2k, ... after ``reset()``) and hands it the
     last picture on the others, which it discards unread; the state is read every step. Rendering
-    is about half a rollout's time on a CPU, and the actions are the same as with
-    ``render_every=1`` (tested).
+    took 54 % of a SmolVLA rollout's time in a profile on a CPU, and the actions are the same as
+    with ``render_every=1`` (tested).
     """
     from tqdm.auto import tqdm
 
