@@ -11,7 +11,7 @@ import typer
 
 from craft_plugin import __version__
 from craft_plugin.config import CraftConfig, CraftConfigError, config_reference_markdown
-from craft_plugin.demo.lerobot_logging import quiet_torchcodec_warning
+from craft_plugin.demo.workers import quiet_torchcodec_warning
 
 app = typer.Typer(
     name="craft",
@@ -380,7 +380,7 @@ def demo_cmd(
     try:
         plan = plan_for(family, quick=quick, **changes)
         result = run_demo(output_dir, plan, overwrite=overwrite, echo=typer.echo)
-    except (FileExistsError, FileNotFoundError, RuntimeError, ValueError) as err:
+    except (OSError, RuntimeError, ValueError) as err:  # OSError: FileExistsError, a path under a file, ...
         typer.echo(f"craft demo: {err}", err=True)
         raise typer.Exit(code=2) from err
     typer.echo("")

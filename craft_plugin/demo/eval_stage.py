@@ -18,21 +18,17 @@ sets ``OMP_NUM_THREADS``.
 
 from __future__ import annotations
 
-import logging
-import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from craft_plugin.demo.lerobot_logging import configure_worker_logging
+from craft_plugin.demo.workers import per_core, spawn_pool
 
-__all__ = ["EvalJob", "default_processes", "jobs_for", "run_job", "run_jobs"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["EvalJob", "jobs_for", "run_job", "run_jobs"]
 
 
 @dataclass(frozen=True)
@@ -57,11 +53,6 @@ class EvalJob:
     compare_to: Path | None = None  #: mcq: checkpoint A of a paired comparison (this one is B)
     mcq_data: Path | None = None
     mcq_output: Path | None = None
-
-
-def default_processes(jobs: int) -> int:
-    """One worker process per core, at most one per job."""
-    return max(1, min(jobs, os.cpu_count() or 1))
 
 
 def jobs_for(
@@ -123,20 +114,17 @@ def _worker_threads(processes: int) -> int | None:
     return max(1, (os.cpu_count() or 1) // processes)
 
 
-def run_jobs(
-    jobs: Sequence[EvalJob], processes: int | None = None, runner: Callable[..., dict[str, Any]] = run_job
-) -> Iterator[dict[str, Any]]:
+def run_jobs(jobs: Sequence[EvalJob], processes: int | None = None) -> Iterator[dict[str, Any]]:
     """Yield each job's result as it finishes (see the module docstring). ``processes``: None =
-    :func:`default_processes`. A failed job raises here, after the running ones are stopped."""
-    n = default_processes(len(jobs)) if processes is None else processes
+    one per core, at most one per job. A failed job raises here, after the waiting ones are cancelled."""
+    n = per_core(len(jobs)) if processes is None else processes
     if n <= 1 or len(jobs) <= 1:
         for job in jobs:
-            yield runner(job)
+            yield run_job(job)
         return
     threads = _worker_threads(n)
-    with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=configure_worker_logging) as pool:
-        pending: set[Future[dict[str, Any]]] = {pool.submit(runner, job, threads) for job in jobs}
+    with spawn_pool(n) as pool:
+        pending: set[Future[dict[str, Any]]] = {pool.submit(run_job, job, threads) for job in jobs}
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)

@@ -820,23 +820,20 @@ def tasks_datasets(
     builders of one dataset apart), but for MuJoCo's first picture in a fresh renderer, which
     can differ by one or two uint8 levels in a few pixels from one drawn after other episodes
     (measured: under 1 % of a 32 px frame's values; tested)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from craft_plugin.demo.lerobot_logging import configure_worker_logging
+    from craft_plugin.demo.workers import per_core, spawn_pool
 
     build_kw = {k: v for k, v in kwargs.items() if k in ("render", "state_mode", "fps")}
     missing = [
         t for t in dict.fromkeys(tasks)
         if not all(is_built(sets, cache_dir, **build_kw) for sets in _task_sets(t, train_episodes, heldout_episodes, seed))
     ]  # fmt: skip
-    n = min(len(missing), os.cpu_count() or 1) if processes is None else min(processes, len(missing))
+    n = per_core(len(missing)) if processes is None else min(processes, len(missing))
     if n > 1:
-        with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=configure_worker_logging) as pool:
+        with spawn_pool(n) as pool:
             futures = [pool.submit(task_datasets, t, train_episodes, heldout_episodes, cache_dir, seed=seed, **kwargs) for t in missing]
             for future in futures:
                 future.result()
+    # Every task from the cache now (a cache hit reads one small JSON file), or built here.
     return [task_datasets(t, train_episodes, heldout_episodes, cache_dir, seed=seed, **kwargs) for t in tasks]
 
 

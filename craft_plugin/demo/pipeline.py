@@ -489,7 +489,8 @@ def _run_stages(
 ) -> DemoResult:
     """The stages of :func:`run_demo`, into the empty folder ``out``."""
     from craft_plugin.demo import metaworld_data as md
-    from craft_plugin.demo.eval_stage import default_processes, jobs_for, run_jobs
+    from craft_plugin.demo.eval_stage import jobs_for, run_jobs
+    from craft_plugin.demo.workers import per_core
     from craft_plugin.demo.report import dir_bytes, mcq_summary, update_eval_json
 
     methods = plan.ordered_methods
@@ -608,7 +609,7 @@ def _run_stages(
             mcq = (compare_to, mcq_test, runs_dir / name / "mcq.json")
         jobs += jobs_for(name, ckpt, tasks=tasks, episodes=plan.rollout_episodes, max_steps=plan.rollout_max_steps,
                          seed=plan.seed, mcq=mcq)  # fmt: skip
-    processes = plan.processes if plan.processes is not None else default_processes(len(jobs))
+    processes = plan.processes if plan.processes is not None else per_core(len(jobs))
     echo(f"[eval] {len(jobs)} jobs in {processes} process(es)")
     results: dict[str, dict[str, Any]] = {name: {"action_error": {}, "success": {}} for name in checkpoints}
     for res in run_jobs(jobs, processes):

@@ -61,3 +61,15 @@ def test_a_complete_run_replaces_the_previous_output(tmp_path, monkeypatch) -> N
     assert seen["empty_at_start"] and len(seen["previous_waits"]) == 1
     assert (out / "report" / "report.md").read_text() == "the new table"
     assert _leftovers(tmp_path) == [] and not (tmp_path / "demo-out.failed").exists()
+
+
+def test_an_output_dir_under_a_file_is_one_line_not_a_traceback(tmp_path) -> None:
+    from support.cli import craft_cli
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    res = craft_cli("demo", "--quick", f"--output-dir={blocker / 'out'}")
+    assert res.exit_code == 2, (res.output, res.exception)
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("craft demo: ") and str(blocker / "out") in lines[0], res.output
+    assert blocker.read_text() == "not a folder"

@@ -1,11 +1,19 @@
-"""LeRobot's log records, made readable: shared by the ``craft`` commands and the demo's worker
-processes (a spawned process starts with no filters, so it installs its own)."""
+"""Worker processes of the demo, and LeRobot's log records made readable.
+
+:func:`spawn_pool` is the one process pool of the demo's data and eval stages (``spawn``: a fresh
+interpreter with its own MuJoCo GL context, never a fork of a process that has rendered); each
+worker logs as the ``craft`` commands do (:func:`configure_worker_logging`), which also install
+:class:`OneLineTorchcodecWarning` in their own process.
+"""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 
-__all__ = ["OneLineTorchcodecWarning", "configure_worker_logging", "quiet_torchcodec_warning"]
+__all__ = ["OneLineTorchcodecWarning", "configure_worker_logging", "per_core", "quiet_torchcodec_warning", "spawn_pool"]
 
 
 class OneLineTorchcodecWarning(logging.Filter):
@@ -36,3 +44,15 @@ def configure_worker_logging() -> None:
     torchcodec warning in one line (pass as ``initializer=`` of a process pool)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_torchcodec_warning()
+
+
+def per_core(items: int) -> int:
+    """Worker processes for ``items`` independent pieces of work: one per core, at most one per piece."""
+    return max(1, min(items, os.cpu_count() or 1))
+
+
+def spawn_pool(processes: int) -> ProcessPoolExecutor:
+    """A ``spawn`` process pool of ``processes`` workers that log like the ``craft`` commands."""
+    return ProcessPoolExecutor(
+        max_workers=processes, mp_context=multiprocessing.get_context("spawn"), initializer=configure_worker_logging
+    )
